@@ -1,0 +1,73 @@
+"""The run folder: one sub-folder per stage, written under a temporary name and renamed when complete.
+
+    RUN/tokenizer/            a complete stage: its artifact, metrics.json, config.yaml
+    RUN/pretrain.incomplete/  a stage being written (or killed): never mistaken for done; resumed or redone
+
+``metrics.json`` has flat, lower-case keys (``heldout_bpb``, ``bytes_per_token``...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger("hf_pipeline")
+
+INCOMPLETE_SUFFIX = ".incomplete"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+
+
+def incomplete_dir(final: Path) -> Path:
+    return final.with_name(final.name + INCOMPLETE_SUFFIX)
+
+
+def is_complete(stage_dir: str | os.PathLike) -> bool:
+    return Path(stage_dir).is_dir() and not Path(stage_dir).name.endswith(INCOMPLETE_SUFFIX)
+
+
+def begin_stage(final: Path, keep_partial: bool = False) -> Path:
+    """Return the temporary folder a stage writes into; a leftover one is wiped unless ``keep_partial``."""
+    work = incomplete_dir(final)
+    if work.exists() and not keep_partial:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def finish_stage(work: Path, final: Path) -> Path:
+    """Atomically publish a finished stage: rename RUN/<stage>.incomplete to RUN/<stage>."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        work.rename(final)
+        shutil.rmtree(old)
+    else:
+        work.rename(final)
+    return final
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write JSON through a temporary file so a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def read_metrics(stage_dir: str | os.PathLike) -> dict:
+    path = Path(stage_dir) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _finite(data):
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data

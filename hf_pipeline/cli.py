@@ -1,0 +1,222 @@
+"""The ``hf-pipeline`` command: one sub-command per stage, ``run`` for a whole recipe, and tools around them.
+
+    hf-pipeline tokenizer --config recipes/tiny.yaml [--output_dir DIR] [--vocab_size 4096 ...]
+    hf-pipeline pretrain  --config recipes/tiny.yaml [--output_dir DIR] [--depth 6 ...]
+    hf-pipeline run       --config recipes/tiny.yaml [--output_dir DIR] [--stages ...] [--pretrain.max_steps 50 ...]
+    hf-pipeline generate  MODEL --prompt TEXT [--temperature 0.8 --top_k 50 --top_p 0.95 --max_new_tokens 64 --seed 0]
+    hf-pipeline push      RUN_DIR/STAGE --repo-id ORG/NAME [--private]
+    hf-pipeline pull      ORG/NAME --to DIR
+
+A bad recipe, flag or input fails before any work starts, with one line that names the file, key or path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from .config import STAGE_CONFIGS, ConfigError, build_config, load_recipe, make_parser
+
+logger = logging.getLogger("hf_pipeline")
+
+STAGE_MODULES = {"tokenizer": "hf_pipeline.tokenizer", "pretrain": "hf_pipeline.pretrain"}
+TOOLS = {"run", "generate", "push", "pull"}
+
+
+def check_inputs(config, planned: tuple[str, ...] = ()) -> None:
+    """Check a stage's inputs exist before anything runs. ``planned``: stages that will produce outputs first."""
+    from .artifacts import is_complete
+    from .refs import check_dataset_ref, resolve_tokenizer
+
+    for source in getattr(config, "corpus", None) or []:
+        check_dataset_ref(source.path, config.mirror, what=f"{config.stage}.corpus")
+    if not getattr(config, "corpus", True):
+        raise ConfigError(f"{config.stage}.corpus: no sources given")
+    if getattr(config, "compare_with", None):
+        ref = config.compare_with
+        if not Path(ref).exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
+            raise ConfigError(f"{config.stage}.compare_with: '{ref}' not found")
+    if config.stage == "pretrain":
+        if config.tokenizer:
+            resolve_tokenizer(config.tokenizer)
+        elif "tokenizer" not in planned and not is_complete(config.stage_dir("tokenizer")):
+            raise ConfigError(
+                f"pretrain.tokenizer: not set and {config.stage_dir('tokenizer')} does not exist "
+                "(run the tokenizer stage first or set tokenizer)"
+            )
+
+
+def run_stage(config):
+    module = importlib.import_module(STAGE_MODULES[config.stage])
+    return module.run(config)
+
+
+def cmd_stage(stage: str, argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        make_parser(stage).print_help()
+        return 0
+    config = build_config(stage, argv)
+    check_inputs(config)
+    path = run_stage(config)
+    print(path)
+    return 0
+
+
+def _split_run_args(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Split ``run`` args into shared ones and per-stage ``--stage.field value`` overrides."""
+    shared, per_stage = [], {}
+    target = shared
+    for arg in argv:
+        if arg.startswith("--") and "." in arg.split("=")[0]:
+            stage, rest = arg[2:].split(".", 1)
+            if stage not in STAGE_CONFIGS:
+                raise ConfigError(f"hf-pipeline run: {arg}: unknown stage '{stage}'")
+            target = per_stage.setdefault(stage, [])
+            target.append("--" + rest)
+        elif arg.startswith("--"):
+            target = shared
+            target.append(arg)
+        else:
+            target.append(arg)
+    return shared, per_stage
+
+
+def cmd_run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hf-pipeline run", description="Run the stages of a recipe in order.")
+    parser.add_argument("--config", required=True, help="Recipe YAML.")
+    parser.add_argument("--stages", nargs="+", default=None, help="Stages to run (default: the recipe's `stages`).")
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        print("\nAny shared field (--output_dir, --seed, --mirror, --overwrite...) applies to every stage;"
+              "\n--STAGE.FIELD VALUE overrides one stage's field, e.g. --pretrain.max_steps 50.")
+        return 0
+    shared_args, per_stage = _split_run_args(argv)
+    known, rest = parser.parse_known_args(shared_args)
+    recipe = load_recipe(known.config)
+    stages = known.stages or recipe.get("stages") or [s for s in STAGE_CONFIGS if s in recipe]
+    for stage in stages:
+        if stage not in STAGE_CONFIGS:
+            raise ConfigError(f"hf-pipeline run: unknown stage '{stage}'")
+    for stage in per_stage:
+        if stage not in stages:
+            raise ConfigError(f"hf-pipeline run: --{stage}.* given but stage '{stage}' is not run")
+    configs = [build_config(s, rest + per_stage.get(s, []), recipe, known.config) for s in stages]
+    for i, config in enumerate(configs):  # every input checked before the first stage starts
+        check_inputs(config, planned=tuple(stages[:i]))
+    output_dir = Path(configs[0].output_dir) if configs else None
+    for config in configs:
+        logger.info("run: stage %s -> %s", config.stage, config.stage_dir())
+        run_stage(config)
+    print(output_dir)
+    return 0
+
+
+def cmd_generate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hf-pipeline generate", description="Sample a continuation from a model.")
+    parser.add_argument("model", help="Model folder, run folder (its latest model) or Hub id.")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding.")
+    parser.add_argument("--top_k", "--top-k", type=int, default=None)
+    parser.add_argument("--top_p", "--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no_stream", "--no-stream", action="store_true", help="Print the text at the end only.")
+    args = parser.parse_args(argv)
+    from .generate import generate, load
+
+    model, tokenizer = load(args.model)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    text = generate(
+        model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+        stream=not args.no_stream,
+    )
+    if args.no_stream:
+        print(text)
+    return 0
+
+
+def cmd_push(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hf-pipeline push", description="Upload a stage folder with a model card.")
+    parser.add_argument("folder", help="A finished stage folder, e.g. runs/tiny/pretrain.")
+    parser.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True)
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one / HF_TOKEN).")
+    args = parser.parse_args(argv)
+    from .hub import push
+
+    print(push(args.folder, args.repo_id, args.private, args.token, args.revision))
+    return 0
+
+
+def cmd_pull(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hf-pipeline pull", description="Download a repo from the Hub.")
+    parser.add_argument("repo_id")
+    parser.add_argument("--to", default=None, help="Local folder (default: the Hugging Face cache).")
+    parser.add_argument("--repo-type", "--repo_type", dest="repo_type", default="model", choices=["model", "dataset"])
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--token", default=None)
+    args = parser.parse_args(argv)
+    from .hub import pull
+
+    print(pull(args.repo_id, args.to, args.repo_type, args.revision, args.token))
+    return 0
+
+
+def usage() -> str:
+    stages = "\n".join(f"  {name:<10} {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in STAGE_CONFIGS.items())
+    return (
+        "usage: hf-pipeline COMMAND [--config RECIPE.yaml] [--field value ...]\n\n"
+        f"stages (each writes RUN/<stage>/):\n{stages}\n\n"
+        "tools:\n"
+        "  run        Run the stages of a recipe in order.\n"
+        "  generate   Sample from a model folder, run folder or Hub id.\n"
+        "  push       Upload a stage folder to the Hub with a model card.\n"
+        "  pull       Download a repo from the Hub.\n\n"
+        "`hf-pipeline COMMAND --help` lists a command's options."
+    )
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+    datasets.logging.set_verbosity_warning()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in ("-V", "--version"):
+        from . import __version__
+
+        print(__version__)
+        return 0
+    handlers = {"run": cmd_run, "generate": cmd_generate, "push": cmd_push, "pull": cmd_pull}
+    if command not in STAGE_CONFIGS and command not in handlers:
+        print(f"hf-pipeline: error: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
+        return 2
+    setup_logging()
+    try:
+        if command in STAGE_CONFIGS:
+            return cmd_stage(command, rest)
+        return handlers[command](rest)
+    except ConfigError as e:
+        print(f"hf-pipeline: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hf-pipeline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The model: a Llama-style causal LM whose whole shape follows from one dial, ``depth`` (as in nanochat).
+
+    hidden_size = depth * aspect_ratio            (64 per layer: depth 4 -> 256 wide, depth 20 -> 1280)
+    num_heads   = hidden_size / head_dim          (64-wide heads)
+    mlp         = SwiGLU, 8/3 * hidden, rounded up to a multiple of 64
+    lr          = 0.03 / sqrt(hidden_size)        (wider models take smaller steps: 1.9e-3 at 256, 1.1e-3 at 768)
+
+It is a plain ``LlamaForCausalLM``: ``save_pretrained`` writes a folder that ``AutoModelForCausalLM`` loads anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .config import ConfigError
+
+
+def model_config(depth: int, vocab_size: int, seq_len: int, aspect_ratio: int = 64, head_dim: int = 64, **token_ids):
+    """The ``LlamaConfig`` for a model of the given depth. ``token_ids``: bos/eos/pad token ids."""
+    from transformers import LlamaConfig
+
+    if depth < 1:
+        raise ConfigError(f"depth: must be >= 1, not {depth}")
+    hidden = depth * aspect_ratio
+    if hidden % head_dim:
+        raise ConfigError(f"depth * aspect_ratio ({hidden}) must be a multiple of head_dim ({head_dim})")
+    heads = hidden // head_dim
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=64 * math.ceil(hidden * 8 / 3 / 64),
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=head_dim,
+        max_position_embeddings=seq_len,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        initializer_range=0.02,
+        **token_ids,
+    )
+
+
+def default_learning_rate(hidden_size: int) -> float:
+    return 0.03 / math.sqrt(hidden_size)
+
+
+def build_model(config):
+    """A freshly initialised causal LM from a config."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config)
+
+
+def count_params(model, non_embedding: bool = False) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        n -= model.get_input_embeddings().weight.numel()
+    return n
+
+
+def flops_per_token(config) -> float:
+    """Training FLOPs per token (forward + backward): 6 * matmul params + attention (as in the PaLM appendix)."""
+    h, L, s = config.hidden_size, config.num_hidden_layers, config.max_position_embeddings
+    attn_proj = 4 * h * h  # q, k, v, o with as many kv heads as heads
+    mlp = 3 * h * config.intermediate_size
+    matmul_params = L * (attn_proj + mlp) + config.vocab_size * h  # lm_head; the embedding lookup is free
+    return 6 * matmul_params + 12 * L * h * s / 2  # causal attention: half of the score matrix on average

@@ -1,0 +1,257 @@
+"""Pretraining stage: a causal LM from scratch on packed token windows, with ``transformers.Trainer``.
+
+    corpus -> tokenize (datasets.map, multiprocess) -> documents joined by <|endoftext|> -> fixed windows
+           -> Trainer (AdamW, cosine schedule with warmup, bf16, gradient accumulation, checkpoints)
+           -> held-out loss and bits per byte -> RUN/pretrain/ (a model folder AutoModelForCausalLM loads)
+
+Bits per byte (bpb) divides the summed held-out loss, converted to bits, by the UTF-8 bytes of the predicted tokens:
+unlike loss per token it does not depend on the tokenizer, so models with different vocabularies compare.
+
+A killed run leaves RUN/pretrain.incomplete/checkpoints/; running the stage again resumes from the last checkpoint
+and, because the sampler is seeded and Trainer skips the batches already seen, sees the data in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from .artifacts import begin_stage, finish_stage, incomplete_dir, is_complete, write_json
+from .config import ConfigError, PretrainConfig, save_config
+
+logger = logging.getLogger("hf_pipeline")
+
+
+def tokenize_and_pack(ds, tokenizer, seq_len: int, num_proc: int = 1, desc: str = "train"):
+    """Documents -> token windows of exactly ``seq_len`` tokens, each document followed by end-of-text.
+
+    Protocol tokens written literally in a document (``<|im_start|>`` in a web page) stay plain text
+    (``split_special_tokens``): only the pipeline itself ever emits a special token.
+    """
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+        return {"input_ids": [x + [eos] for x in ids]}
+
+    def pack(batch):
+        stream = [t for ids in batch["input_ids"] for t in ids]
+        n = len(stream) // seq_len * seq_len  # the tail of each batch of documents is dropped
+        return {"input_ids": [stream[i : i + seq_len] for i in range(0, n, seq_len)]}
+
+    num_proc = num_proc if len(ds) >= 1000 * num_proc else None
+    tokens = ds.map(tokenize, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"tokenize {desc}")
+    return tokens.map(pack, batched=True, batch_size=1000, num_proc=num_proc, desc=f"pack {desc}")
+
+
+def token_byte_lengths(tokenizer):
+    """UTF-8 bytes of every token id (0 for special tokens), for bits per byte."""
+    import torch
+
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)
+    }
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    # byte-level BPE writes each byte as one printable character, so a token's length is its byte count
+    return torch.tensor([0 if i in special else len(t) for i, t in enumerate(tokens)], dtype=torch.long)
+
+
+def evaluate_bpb(model, windows, token_bytes, batch_size: int = 16, autocast=None) -> dict:
+    """Held-out mean loss (nats/token) and bits per byte over packed windows."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    device = next(model.parameters()).device
+    token_bytes = token_bytes.to(device)
+    total_nats = total_bpb_nats = 0.0
+    total_tokens = total_bytes = 0
+    with torch.no_grad(), (autocast or contextlib.nullcontext()):
+        for start in range(0, len(windows), batch_size):
+            ids = torch.tensor(windows[start : start + batch_size]["input_ids"], device=device)
+            logits = model(input_ids=ids[:, :-1]).logits.float()
+            targets = ids[:, 1:]
+            nats = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+            nbytes = token_bytes[targets.reshape(-1)]
+            total_nats += nats.sum().item()
+            total_tokens += nats.numel()
+            total_bpb_nats += (nats * (nbytes > 0)).sum().item()
+            total_bytes += nbytes.sum().item()
+    model.train()
+    return {
+        "loss": total_nats / max(total_tokens, 1),
+        "bpb": total_bpb_nats / math.log(2) / max(total_bytes, 1),
+    }
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was fully written (Trainer writes ``trainer_state.json`` last)."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+    return None
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class PretrainTrainer(Trainer):
+        """Trainer whose evaluation reports held-out loss *and* bits per byte."""
+
+        def __init__(self, *args, token_bytes=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.token_bytes = token_bytes
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            windows = eval_dataset if eval_dataset is not None else self.eval_dataset
+            result = evaluate_bpb(
+                self.model, windows, self.token_bytes, self.args.per_device_eval_batch_size,
+                autocast=self.accelerator.autocast(),
+            )
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in result.items()}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return PretrainTrainer
+
+
+def training_arguments(config: PretrainConfig, checkpoint_dir: Path, learning_rate: float):
+    import torch
+    from transformers import TrainingArguments
+
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a share of the total steps
+        weight_decay=config.weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=config.adam_beta2,
+        max_grad_norm=config.max_grad_norm,
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_epochs,
+        bf16=config.bf16,
+        use_cpu=on_cpu,  # bf16 on CPU runs through autocast on AMX
+        torch_compile=config.torch_compile,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_drop_last=True,
+        report_to="none",
+    )
+
+
+def run(config: PretrainConfig) -> Path:
+    """Pretrain a model from scratch and write RUN/pretrain/."""
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+
+    from .corpus import load_corpus
+    from .model import build_model, count_params, default_learning_rate, model_config
+    from .refs import resolve_tokenizer
+
+    final = config.stage_dir()
+    if is_complete(final) and not config.overwrite:
+        logger.info("pretrain: %s is complete, skipping (overwrite: true to redo it)", final)
+        return final
+    start = time.time()
+    tokenizer_ref = resolve_tokenizer(config.tokenizer or str(config.stage_dir("tokenizer")))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
+
+    train_docs, heldout_docs = load_corpus(config.corpus, config.mirror, config.heldout_fraction, config.seed)
+    train = tokenize_and_pack(train_docs, tokenizer, config.seq_len, config.num_proc, "train")
+    heldout = tokenize_and_pack(heldout_docs, tokenizer, config.seq_len, config.num_proc, "heldout")
+    if len(train) == 0:
+        raise ConfigError(f"pretrain: the corpus yields no window of seq_len={config.seq_len} tokens")
+    if len(heldout) == 0:
+        logger.warning("pretrain: held-out split yields no full window; evaluating on 2%% of the training windows")
+        heldout = train.select(range(max(1, len(train) // 50)))
+    logger.info(
+        "pretrain: %d train windows (%d tokens), %d held-out windows of %d tokens",
+        len(train), len(train) * config.seq_len, len(heldout), config.seq_len,
+    )
+
+    mconfig = model_config(
+        config.depth, len(tokenizer), config.seq_len, config.aspect_ratio, config.head_dim,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    lr = config.learning_rate or default_learning_rate(mconfig.hidden_size)
+
+    resume_from = None
+    if config.resume:
+        resume_from = last_complete_checkpoint(incomplete_dir(final) / "checkpoints")
+    work = begin_stage(final, keep_partial=resume_from is not None)
+    save_config(config, work / "config.yaml")
+
+    import transformers
+
+    transformers.set_seed(config.seed)
+    model = build_model(mconfig)
+    logger.info(
+        "pretrain: model depth %d, width %d, %d heads, %.2fM parameters (%.2fM non-embedding), lr %.2e",
+        config.depth, mconfig.hidden_size, mconfig.num_attention_heads, count_params(model) / 1e6,
+        count_params(model, non_embedding=True) / 1e6, lr,
+    )
+    trainer = _trainer_class()(
+        model=model,
+        args=training_arguments(config, work / "checkpoints", lr),
+        train_dataset=train,
+        eval_dataset=heldout,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+        token_bytes=token_byte_lengths(tokenizer),
+    )
+    if resume_from:
+        logger.info("pretrain: resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    final_eval = trainer.evaluate()
+
+    trainer.save_model(str(work))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.save_pretrained(str(work))
+    if not config.keep_checkpoints:
+        import shutil
+
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    steps = trainer.state.global_step
+    tokens = steps * config.batch_size * config.gradient_accumulation_steps * config.seq_len
+    metrics = {
+        "heldout_loss": final_eval["eval_loss"],
+        "heldout_bpb": final_eval["eval_bpb"],
+        "train_loss": result.training_loss,
+        "steps": steps,
+        "train_tokens": tokens,
+        "tokens_per_s": tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9),
+        "num_params": count_params(model),
+        "non_embedding_params": count_params(model, non_embedding=True),
+        "learning_rate": lr,
+        "resumed_from": resume_from,
+        "device": str(trainer.args.device),
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    write_json(work / "metrics.json", metrics)
+    write_json(work / "log_history.json", {"log_history": trainer.state.log_history})
+    finish_stage(work, final)
+    logger.info(
+        "pretrain: trained %d steps (%.2fM tokens, %.0f tokens/s), held-out loss %.3f, %.3f bits/byte -> %s",
+        steps, tokens / 1e6, metrics["tokens_per_s"], metrics["heldout_loss"], metrics["heldout_bpb"], final,
+    )
+    return final

@@ -1,0 +1,46 @@
+"""Shared fixtures: the real data folder, a tokenizer and a tiny model trained here, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MIRROR = SHARED_DATA / "hub"
+SHAKESPEARE = SHARED_DATA / "text" / "tinyshakespeare.txt"
+GPT2 = SHARED_DATA / "tokenizers" / "gpt2"
+
+if not SHARED_DATA.is_dir():  # pragma: no cover - a broken checkout, not a skipped test
+    raise RuntimeError(f"tests need the real data folder at {SHARED_DATA}")
+
+
+def run_cli(*args, env: dict | None = None, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``hf-pipeline ARGS`` in a fresh interpreter (as a user would)."""
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "hf_pipeline", *map(str, args)],
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run folder with a real tokenizer (BPE on tinyshakespeare) and a tiny model pretrained on it for a few steps."""
+    from hf_pipeline import pretrain, tokenizer
+    from hf_pipeline.config import PretrainConfig, TokenizerConfig
+
+    run_dir = tmp_path_factory.mktemp("run")
+    shared = dict(output_dir=str(run_dir), seed=0, num_proc=1)
+    tokenizer.run(TokenizerConfig(corpus=[str(SHAKESPEARE)], vocab_size=512, compare_with=str(GPT2), **shared))
+    pretrain.run(
+        PretrainConfig(
+            corpus=[str(SHAKESPEARE)], depth=2, aspect_ratio=32, head_dim=32, seq_len=64, batch_size=16,
+            max_steps=40, eval_steps=20, save_steps=20, logging_steps=5, learning_rate=3e-3, **shared,
+        )
+    )
+    return run_dir
