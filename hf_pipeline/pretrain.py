@@ -221,7 +221,11 @@ def run(config: PretrainConfig) -> Path:
     if resume_from:
         logger.info("pretrain: resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
-    final_eval = trainer.evaluate()
+    evals = [h for h in trainer.state.log_history if "eval_bpb" in h]
+    if evals and evals[-1].get("step") == trainer.state.global_step:
+        final_eval = evals[-1]  # the schedule already evaluated the final weights
+    else:
+        final_eval = trainer.evaluate()
 
     trainer.save_model(str(work))
     model.generation_config.eos_token_id = tokenizer.eos_token_id

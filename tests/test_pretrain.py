@@ -128,3 +128,14 @@ def test_killed_run_resumes_from_its_last_checkpoint_with_the_same_data_order(ti
     sa = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "pretrain").state_dict()
     sb = AutoModelForCausalLM.from_pretrained(killed_dir / "pretrain").state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-3) for k in sa)
+
+
+def test_base_model_demos_script_measures_all_three(tiny_run):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "base_model_demos.py"), "--model", str(tiny_run), "--samples", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("-- seed ") == 2
+    assert out.stdout.count("longest verbatim match: ") == 2
+    assert "-- few-shot: " in out.stdout and "/2 continuations" in out.stdout
