@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(pages)} pages from {args.benchmark}; shingle (4-gram) metrics as in "
           f"scrapinghub/article-extraction-benchmark evaluate.py")
     results = {name: run(name, fn, pages) for name, fn in extractors().items()}
+    for r in results.values():
+        if r["empty"] == len(pages):  # a broken install (e.g. trafilatura without lxml_html_clean) is not a score
+            sys.exit(f"{r['name']} extracted no text from any page ({r['errors']} raised): check its installation")
     print(f"{'extractor':<12} {'precision':>9} {'recall':>7} {'F1':>6} {'accuracy':>8} {'docs/s':>8} {'empty':>5}")
     for r in results.values():
         print(f"{r['name']:<12} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>6.3f} {r['accuracy']:>8.3f} "
