@@ -161,6 +161,10 @@ def _as_tuple(replacement: tuple[str, ...] | list[str] | str) -> tuple[str, ...]
     return out
 
 
+def _replacement_map(email, ip, phone) -> dict[str, tuple[str, ...]]:
+    return {EMAIL: _as_tuple(email), IP: _as_tuple(ip), PHONE: _as_tuple(phone)}
+
+
 def _replace(text: str, spans, replacements: dict[str, tuple[str, ...]], turns: dict[str, int]):
     """Replace each span by its type's next replacement (in turn, ``turns`` keeps where each type is)."""
     counts = dict.fromkeys(ENTITY_TYPES, 0)
@@ -185,8 +189,7 @@ def scrub(
     phone_replacement: tuple[str, ...] | str = DEFAULT_PHONE_REPLACEMENT,
 ) -> tuple[str, dict[str, int]]:
     """``(scrubbed_text, {"email": n, "ip": n, "phone": n})``; tuple replacements are used in turn."""
-    replacements = {EMAIL: _as_tuple(email_replacement), IP: _as_tuple(ip_replacement),
-                    PHONE: _as_tuple(phone_replacement)}
+    replacements = _replacement_map(email_replacement, ip_replacement, phone_replacement)
     spans = find_pii(text, remove_emails, remove_ips, remove_phones)
     return _replace(text, spans, replacements, dict.fromkeys(ENTITY_TYPES, 0))
 
@@ -217,8 +220,7 @@ class PIIScrubber(BaseFormatter):
     ):
         super().__init__()
         self.remove_emails, self.remove_ips, self.remove_phones = remove_emails, remove_ips, remove_phones
-        self.replacements = {EMAIL: _as_tuple(email_replacement), IP: _as_tuple(ip_replacement),
-                             PHONE: _as_tuple(phone_replacement)}
+        self.replacements = _replacement_map(email_replacement, ip_replacement, phone_replacement)
         self._turns = dict.fromkeys(ENTITY_TYPES, 0)
 
     def format(self, text: str) -> str:

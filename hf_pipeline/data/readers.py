@@ -18,6 +18,7 @@ import zlib
 from typing import Callable
 
 from datatrove.pipeline.readers.base import BaseDiskReader
+from loguru import logger  # datatrove's logger
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
@@ -77,8 +78,6 @@ class WebReader(BaseDiskReader):
             truncated = isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompress" in str(e)
             reason = "file_truncated" if truncated else "file_unreadable"
             self.stat_update(reason)
-            from loguru import logger
-
             logger.warning(f"{filepath}: {reason} ({e}); kept the documents read before the error")
 
     # -- WARC / WET ----------------------------------------------------------------------------------------------
