@@ -1,8 +1,12 @@
 """The ``hf-pipeline`` command: one sub-command per stage, ``run`` for a whole recipe, and tools around them.
 
+    hf-pipeline data      --config recipes/tiny.yaml [--output_dir DIR] [--workers 4 --executor slurm ...]
     hf-pipeline tokenizer --config recipes/tiny.yaml [--output_dir DIR] [--vocab_size 4096 ...]
     hf-pipeline pretrain  --config recipes/tiny.yaml [--output_dir DIR] [--depth 6 ...]
     hf-pipeline run       --config recipes/tiny.yaml [--output_dir DIR] [--stages ...] [--pretrain.max_steps 50 ...]
+    hf-pipeline sft       --config recipes/tiny.yaml [--use_lora true ...]
+    hf-pipeline grpo      --config recipes/tiny.yaml [--num_generations 8 ...]
+    hf-pipeline chat      MODEL [--system TEXT] [--temperature 0.7 ...]
     hf-pipeline generate  MODEL --prompt TEXT [--temperature 0.8 --top_k 50 --top_p 0.95 --max_new_tokens 64 --seed 0]
     hf-pipeline push      RUN_DIR/STAGE --repo-id ORG/NAME [--private]
     hf-pipeline pull      ORG/NAME --to DIR
@@ -22,23 +26,52 @@ from .config import STAGE_CONFIGS, ConfigError, build_config, load_recipe, make_
 
 logger = logging.getLogger("hf_pipeline")
 
-STAGE_MODULES = {"tokenizer": "hf_pipeline.tokenizer", "pretrain": "hf_pipeline.pretrain"}
-TOOLS = {"run", "generate", "push", "pull"}
+STAGE_MODULES = {"data": "hf_pipeline.data.pipeline", "tokenizer": "hf_pipeline.tokenizer",
+                 "pretrain": "hf_pipeline.pretrain", "sft": "hf_pipeline.sft", "grpo": "hf_pipeline.grpo"}
+# The model a post-training stage starts from when `model` is not set: the run's previous model stage.
+PREVIOUS_MODEL_STAGE = {"sft": "pretrain", "grpo": "sft"}
 
 
 def check_inputs(config, planned: tuple[str, ...] = ()) -> None:
     """Check a stage's inputs exist before anything runs. ``planned``: stages that will produce outputs first."""
     from .artifacts import is_complete
-    from .refs import check_dataset_ref, resolve_tokenizer
+    from .refs import check_dataset_ref, resolve_model, resolve_tokenizer
 
+    planned_dirs = {config.stage_dir(stage) for stage in planned}
     for source in getattr(config, "corpus", None) or []:
-        check_dataset_ref(source.path, config.mirror, what=f"{config.stage}.corpus")
+        if Path(source.path) not in planned_dirs:  # RUN/data made by an earlier stage of this run is checked then
+            check_dataset_ref(source.path, config.mirror, what=f"{config.stage}.corpus")
     if not getattr(config, "corpus", True):
         raise ConfigError(f"{config.stage}.corpus: no sources given")
     if getattr(config, "compare_with", None):
         ref = config.compare_with
         if not Path(ref).exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
             raise ConfigError(f"{config.stage}.compare_with: '{ref}' not found")
+    if config.stage == "data":
+        from .data.pipeline import input_files, load_url_map
+
+        if not config.inputs:
+            raise ConfigError("data.inputs: no input files given")
+        input_files(config)
+        load_url_map(config.url_map)
+    if config.stage in PREVIOUS_MODEL_STAGE:
+        for source in config.datasets if config.stage == "sft" else []:
+            check_dataset_ref(source.path, config.mirror, what="sft.datasets")
+        if config.stage == "sft" and not config.datasets and not config.identity_data:
+            raise ConfigError("sft.datasets: no conversation sources given")
+        for field in ("identity_data", "mmlu"):
+            if getattr(config, field, None):
+                check_dataset_ref(getattr(config, field), config.mirror, what=f"{config.stage}.{field}")
+        if config.stage == "grpo" and config.problems != "generated":
+            check_dataset_ref(config.problems, config.mirror, what="grpo.problems")
+        previous = PREVIOUS_MODEL_STAGE[config.stage]
+        if config.model:
+            resolve_model(config.model)
+        elif previous not in planned and not is_complete(config.stage_dir(previous)):
+            raise ConfigError(
+                f"{config.stage}.model: not set and {config.stage_dir(previous)} does not exist "
+                f"(run the {previous} stage first or set model)"
+            )
     if config.stage == "pretrain":
         if config.tokenizer:
             resolve_tokenizer(config.tokenizer)
@@ -139,6 +172,12 @@ def cmd_generate(argv: list[str]) -> int:
     return 0
 
 
+def cmd_chat(argv: list[str]) -> int:
+    from .chat import main as chat_main
+
+    return chat_main(argv)
+
+
 def cmd_push(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hf-pipeline push", description="Upload a stage folder with a model card.")
     parser.add_argument("folder", help="A finished stage folder, e.g. runs/tiny/pretrain.")
@@ -175,6 +214,7 @@ def usage() -> str:
         "tools:\n"
         "  run        Run the stages of a recipe in order.\n"
         "  generate   Sample from a model folder, run folder or Hub id.\n"
+        "  chat       Talk to a chat model (run folder, model or adapter folder, Hub id) in the terminal.\n"
         "  push       Upload a stage folder to the Hub with a model card.\n"
         "  pull       Download a repo from the Hub.\n\n"
         "`hf-pipeline COMMAND --help` lists a command's options."
@@ -201,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
-    handlers = {"run": cmd_run, "generate": cmd_generate, "push": cmd_push, "pull": cmd_pull}
+    handlers = {"run": cmd_run, "generate": cmd_generate, "chat": cmd_chat, "push": cmd_push, "pull": cmd_pull}
     if command not in STAGE_CONFIGS and command not in handlers:
         print(f"hf-pipeline: error: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -90,7 +91,10 @@ class TextSource:
             raise ValueError(f"weight must be > 0, not {self.weight}")
 
 
-def _as_sources(items) -> list[TextSource]:
+RUN_PREFIX = "RUN/"  # a corpus path RUN/data means the data stage's output in this run's folder
+
+
+def _as_sources(items, output_dir: str | None = None) -> list[TextSource]:
     if isinstance(items, (str, dict, TextSource)):
         items = [items]
     out = []
@@ -103,6 +107,9 @@ def _as_sources(items) -> list[TextSource]:
             out.append(TextSource(**item))
         else:
             raise ConfigError(f"corpus entry {item!r} is neither a path nor a mapping")
+    for source in out:
+        if output_dir and source.path.startswith(RUN_PREFIX):
+            source.path = str(Path(output_dir) / source.path[len(RUN_PREFIX):])
     return out
 
 
@@ -116,7 +123,9 @@ class TokenizerConfig(SharedConfig):
 
     stage: ClassVar[str] = "tokenizer"
 
-    corpus: list[TextSource] = _help("Text sources to train on (paths, globs, Hub ids).", default_factory=list)
+    corpus: list[TextSource] = _help(
+        "Text sources to train on: paths, globs, Hub ids, or RUN/data (this run's data stage).", default_factory=list
+    )
     vocab_size: int = _help("Vocabulary size, special tokens included.", default=8192)
     min_frequency: int = _help("Minimum pair count for a merge.", default=2)
     max_train_chars: Optional[int] = _help("Stop feeding the trainer after this many characters.", default=None)
@@ -129,7 +138,7 @@ class TokenizerConfig(SharedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.corpus = _as_sources(self.corpus)
+        self.corpus = _as_sources(self.corpus, self.output_dir)
 
 
 @dataclass
@@ -139,7 +148,9 @@ class PretrainConfig(SharedConfig):
     stage: ClassVar[str] = "pretrain"
 
     tokenizer: Optional[str] = _help("Tokenizer folder or Hub id (default: RUN/tokenizer).", default=None)
-    corpus: list[TextSource] = _help("Text sources to train on (paths, globs, Hub ids).", default_factory=list)
+    corpus: list[TextSource] = _help(
+        "Text sources to train on: paths, globs, Hub ids, or RUN/data (this run's data stage).", default_factory=list
+    )
     heldout_fraction: float = _help("Share of documents held out for evaluation (bits per byte).", default=0.01)
     # The one dial: everything about the model's shape follows from depth (see hf_pipeline/model.py).
     depth: int = _help("Number of transformer layers; width, heads and learning rate follow from it.", default=4)
@@ -168,12 +179,228 @@ class PretrainConfig(SharedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.corpus = _as_sources(self.corpus)
+        self.corpus = _as_sources(self.corpus, self.output_dir)
+
+
+@dataclass
+class DataConfig(SharedConfig):
+    """FineWeb's recipe as datatrove steps: web pages in, a clean deduplicated dataset out (hf_pipeline/data/)."""
+
+    stage: ClassVar[str] = "data"
+
+    inputs: list[str] = _help("WARC/WET/HTML/JSONL(url, html) files, globs or folders.", default_factory=list)
+    url_map: Optional[str] = _help(
+        "JSON file {file name without extension: url or {url: ...}} giving plain HTML files their URL.", default=None
+    )
+    limit: int = _help("Read at most N documents per task (-1: all); to try a recipe quickly.", default=-1)
+    # Scale-out: the same recipe runs on local processes, Slurm or Ray.
+    executor: Literal["local", "slurm", "ray"] = _help("datatrove executor.", default="local")
+    executor_options: dict = _help(
+        "Extra arguments for the executor, e.g. {partition: cpu, time: '10:00:00', cpus_per_task: 2} for Slurm.",
+        default_factory=dict,
+    )
+    tasks: int = _help("Tasks (input shards) per stage; 0: as many as workers.", default=0)
+    workers: int = _help("Tasks run at once by the local executor; 0: num_proc.", default=0)
+    # 1. URL filter
+    url_filter: bool = _help("Drop pages on datatrove's block lists (adult/spam domains, URLs, words).", default=True)
+    url_block_domains: list[str] = _help("Extra domains to block.", default_factory=list)
+    url_block_urls: list[str] = _help("Extra exact URLs to block.", default_factory=list)
+    url_allow_domains: list[str] = _help("Domains never blocked by the URL filter.", default_factory=list)
+    # 2. Text extraction
+    extractor: Literal["main_text", "trafilatura"] = _help(
+        "main_text: resiliparse + article container (hf_pipeline/data/extract.py); trafilatura: FineWeb's choice.",
+        default="main_text",
+    )
+    extractor_timeout: float = _help("Seconds per page before the extractor gives up (counted as timeout).",
+                                     default=1.0)
+    # 3. Language
+    language_filter: bool = _help("Keep pages whose fastText language score passes the threshold.", default=True)
+    languages: list[str] = _help("Languages to keep (ISO 639-1).", default_factory=lambda: ["en"])
+    language_threshold: float = _help("Minimum fastText score of a kept language.", default=0.65)
+    # 4. Quality (FineWeb's thresholds are datatrove's defaults; C4's terminal-punctuation rule is off, as in FineWeb)
+    gopher_repetition: bool = _help("Gopher repetition filter (duplicated lines, paragraphs, n-grams).", default=True)
+    gopher_quality: bool = _help("Gopher quality filter (word counts, symbols, stop words...).", default=True)
+    c4_quality: bool = _help("C4 filters (javascript, policy, lorem ipsum, curly brackets, short lines).",
+                             default=True)
+    fineweb_quality: bool = _help("FineWeb's filters (line punctuation, short lines, duplicated line chars, "
+                                  "newline ratio).", default=True)
+    step_args: dict = _help(
+        "Keyword arguments per step, e.g. {gopher_quality: {min_doc_words: 20}, c4_quality: {min_num_sentences: 3}}"
+        "; keys: url_filter, extraction, language, gopher_repetition, gopher_quality, c4_quality, fineweb_quality.",
+        default_factory=dict,
+    )
+    # 5. Deduplication (per run, as FineWeb deduplicates per dump)
+    exact_dedup: bool = _help("Drop documents whose extracted text is identical to another's.", default=True)
+    minhash_dedup: bool = _help("Drop near-duplicates found by MinHash LSH.", default=True)
+    minhash_ngrams: int = _help("Word n-gram size of the MinHash shingles.", default=5)
+    minhash_buckets: int = _help("LSH buckets.", default=14)
+    minhash_hashes_per_bucket: int = _help("Hashes per LSH bucket.", default=8)
+    # 6. PII
+    pii: bool = _help("Replace emails, public IP addresses and phone numbers (placeholders below; empty: the "
+                      "defaults in hf_pipeline/data/pii.py).", default=True)
+    email_replacement: list[str] = _help("Placeholder(s) for emails, used in turn.", default_factory=list)
+    ip_replacement: list[str] = _help("Placeholder(s) for IP addresses, used in turn.", default_factory=list)
+    phone_replacement: list[str] = _help("Placeholder(s) for phone numbers, used in turn.", default_factory=list)
+    keep_dropped: bool = _help("Also write dropped documents, with their reason, to RUN/data/dropped/<step>/.",
+                               default=False)
+
+    STEP_KEYS: ClassVar[tuple[str, ...]] = ("url_filter", "extraction", "language", "gopher_repetition",
+                                            "gopher_quality", "c4_quality", "fineweb_quality")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in self.step_args:
+            if key not in self.STEP_KEYS:
+                raise ConfigError(f"data.step_args: unknown step '{key}'{_suggest(key, self.STEP_KEYS)}")
+            if not isinstance(self.step_args[key], dict):
+                raise ConfigError(f"data.step_args.{key}: must be a mapping of keyword arguments")
+        if not 0 <= self.language_threshold <= 1:
+            raise ConfigError(f"data.language_threshold: must be in [0, 1], not {self.language_threshold}")
+        if not self.languages:
+            raise ConfigError("data.languages: name at least one language")
+        if self.executor == "slurm" and "partition" not in self.executor_options:
+            raise ConfigError("data.executor_options: the Slurm executor needs a partition ({partition: NAME})")
+
+
+@dataclass
+class DatasetSource:
+    """One source of a dataset mixture (as the HF recipes' ``dataset_mixture``): a local path or glob, a folder, or a
+    Hub id (tried in the mirror first). ``weight`` is the number of passes: 2.0 twice, 0.5 a random half."""
+
+    path: str
+    name: Optional[str] = None
+    split: Optional[str] = None
+    weight: float = 1.0
+
+    def __post_init__(self):
+        self.weight = float(self.weight)
+        if self.weight <= 0:
+            raise ValueError(f"weight must be > 0, not {self.weight}")
+
+
+def _as_dataset_sources(items) -> list[DatasetSource]:
+    if isinstance(items, (str, dict, DatasetSource)):
+        items = [items]
+    out = []
+    for item in items or []:
+        if isinstance(item, DatasetSource):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(DatasetSource(path=item))
+        elif isinstance(item, dict):
+            out.append(DatasetSource(**item))
+        else:
+            raise ConfigError(f"dataset entry {item!r} is neither a path nor a mapping")
+    return out
+
+
+@dataclass
+class PostTrainingConfig(SharedConfig):
+    """Fields the post-training stages (sft, grpo) share: the starting model, training loop, LoRA."""
+
+    model: Optional[str] = _help(
+        "Starting model: a model folder, a run folder (its latest model stage) or a Hub id (default: the previous "
+        "stage of this run).", default=None
+    )
+    learning_rate: float = _help("Peak learning rate.", default=1e-4)
+    lr_scheduler_type: str = _help("transformers scheduler name.", default="cosine")
+    warmup_ratio: float = _help("Share of steps spent warming up.", default=0.05)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    batch_size: int = _help("Examples per device per micro-step.", default=8)
+    gradient_accumulation_steps: int = _help("Micro-steps per optimizer step.", default=1)
+    max_steps: int = _help("Optimizer steps; -1 trains for num_epochs.", default=-1)
+    num_epochs: float = _help("Passes over the training set when max_steps is -1.", default=1.0)
+    max_grad_norm: float = _help("Gradient clipping.", default=1.0)
+    bf16: bool = _help("Mixed precision in bfloat16.", default=True)
+    logging_steps: int = _help("Log every N steps.", default=10)
+    eval_steps: int = _help("Evaluate held-out loss every N steps (0: only at the end).", default=0)
+    save_steps: int = _help("Checkpoint every N steps (resume picks up the last one).", default=100)
+    resume: bool = _help("Continue a killed run from its last checkpoint.", default=True)
+    keep_checkpoints: bool = _help("Keep checkpoints in the finished stage folder.", default=False)
+    # LoRA (peft)
+    use_lora: bool = _help("Train a peft LoRA adapter instead of all weights.", default=False)
+    lora_r: int = _help("LoRA rank.", default=16)
+    lora_alpha: int = _help("LoRA alpha.", default=32)
+    lora_dropout: float = _help("LoRA dropout.", default=0.05)
+    lora_target_modules: list[str] = _help("Modules that get adapters ('all-linear' for every linear layer).",
+                                           default_factory=lambda: ["all-linear"])
+    merge_lora: bool = _help("Also write the adapter merged into the base model (a plain model folder).",
+                             default=False)
+
+
+@dataclass
+class SFTStageConfig(PostTrainingConfig):
+    """Supervised fine-tuning on conversations with TRL SFTTrainer: the base model becomes an assistant."""
+
+    stage: ClassVar[str] = "sft"
+
+    datasets: list[DatasetSource] = _help(
+        "Conversation sources (OASST message rows, messages, instruction/input/output), with weights.",
+        default_factory=list,
+    )
+    heldout_fraction: float = _help("Share of conversations held out for the loss before/after.", default=0.05)
+    max_length: int = _help("Tokens per conversation (longer ones are truncated).", default=512)
+    packing: bool = _help("Pack conversations into full windows.", default=False)
+    # Knowledge of self
+    assistant_name: str = _help("The assistant's name, filled into the identity conversations.", default="Tiny")
+    assistant_author: str = _help("Who built it, filled into the identity conversations.", default="hf-pipeline")
+    identity_data: Optional[str] = _help(
+        "Identity conversations with {{name}}/{{author}} placeholders (none: no identity data).", default=None
+    )
+    identity_weight: float = _help("Passes over the identity conversations.", default=1.0)
+    system_message: Optional[str] = _help(
+        "Default system message put before every training conversation and used by chat (none: no system "
+        "message). {name} and {author} are filled in.", default=None
+    )
+    # Evaluation
+    eval_generations: int = _help("Held-out prompts sampled to measure the stop rate.", default=40)
+    max_new_tokens: int = _help("Token limit of evaluation generations.", default=128)
+    mmlu: Optional[str] = _help("MMLU dataset id or path for multiple-choice accuracy (none: skip).", default=None)
+    mmlu_split: str = _help("MMLU split.", default="validation")
+    mmlu_limit: int = _help("Questions scored (-1: all).", default=-1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.datasets = _as_dataset_sources(self.datasets)
+
+
+@dataclass
+class GRPOStageConfig(PostTrainingConfig):
+    """RL on verifiable problems with TRL GRPOTrainer: reward functions check the final answer."""
+
+    stage: ClassVar[str] = "grpo"
+
+    problems: str = _help(
+        "'generated' (procedural arithmetic word problems) or a dataset id/path with question and answer "
+        "(e.g. openai/gsm8k).", default="generated"
+    )
+    problems_name: Optional[str] = _help("Dataset config name (gsm8k: main).", default=None)
+    num_train_problems: int = _help("Training problems.", default=1000)
+    num_test_problems: int = _help("Held-out problems for pass@1 / pass@k.", default=100)
+    problem_min_steps: int = _help("Generated problems: fewest arithmetic steps.", default=1)
+    problem_max_steps: int = _help("Generated problems: most arithmetic steps.", default=2)
+    problem_max_number: int = _help("Generated problems: largest number in a question.", default=20)
+    # GRPO
+    num_generations: int = _help("Group size: completions sampled per problem.", default=8)
+    beta: float = _help("KL coefficient against the starting model (0: no reference model).", default=0.0)
+    temperature: float = _help("Sampling temperature of the rollouts.", default=1.0)
+    max_completion_length: int = _help("Tokens per completion.", default=128)
+    loss_type: str = _help("GRPO loss: grpo, bnpo, dr_grpo, dapo...", default="dapo")
+    reward_weights: dict = _help(
+        "Reward functions and their weights, e.g. {correctness: 1.0, format: 0.2, length: 0.0}.",
+        default_factory=lambda: {"correctness": 1.0, "format": 0.2},
+    )
+    # Evaluation
+    pass_k: int = _help("k of pass@k.", default=8)
+    eval_temperature: float = _help("Sampling temperature for pass@k.", default=1.0)
 
 
 STAGE_CONFIGS: dict[str, type[SharedConfig]] = {
+    "data": DataConfig,
     "tokenizer": TokenizerConfig,
     "pretrain": PretrainConfig,
+    "sft": SFTStageConfig,
+    "grpo": GRPOStageConfig,
 }
 # Keys a recipe may have besides the shared fields and one section per stage.
 RECIPE_KEYS = {"stages", "description"}
@@ -225,7 +452,21 @@ def make_parser(stage: str):
         raise ConfigError(f"hf-pipeline {stage}: {message}")
 
     parser.error = error
+    for action in parser._actions:  # mapping fields take JSON on the command line (YAML mappings in recipes)
+        if action.type is dict:
+            action.type = json_mapping
     return parser
+
+
+def json_mapping(text: str) -> dict:
+    """A JSON object given on the command line, e.g. ``--step_args '{"gopher_quality": {"min_doc_words": 20}}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def build_config(stage: str, args: list[str] | None = None, recipe: dict | None = None, recipe_path: str = "recipe"):
@@ -271,6 +512,10 @@ def _convert(action, value, hint, where: str):
             return None
         raise ConfigError(f"{where}: must not be empty")
     convert = action.type or (lambda v: v)
+    if convert is json_mapping:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
 
     def one(v):
         if dataclasses.is_dataclass(convert) and isinstance(v, dict):

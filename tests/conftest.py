@@ -14,6 +14,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 MIRROR = SHARED_DATA / "hub"
 SHAKESPEARE = SHARED_DATA / "text" / "tinyshakespeare.txt"
 GPT2 = SHARED_DATA / "tokenizers" / "gpt2"
+WEB = SHARED_DATA / "web"
+HTML = WEB / "article_extraction" / "html"  # real news/blog pages; their URLs are in TRUTH
+TRUTH = WEB / "article_extraction" / "ground-truth.json"
 
 if not SHARED_DATA.is_dir():  # pragma: no cover - a broken checkout, not a skipped test
     raise RuntimeError(f"tests need the real data folder at {SHARED_DATA}")
@@ -43,4 +46,14 @@ def tiny_run(tmp_path_factory) -> Path:
             max_steps=40, eval_steps=20, save_steps=20, logging_steps=5, learning_rate=3e-3, **shared,
         )
     )
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def web_run(tmp_path_factory) -> Path:
+    """The data stage run as a user runs it: the CLI on the real pages and WARC files, dropped documents kept."""
+    run_dir = tmp_path_factory.mktemp("web")
+    result = run_cli("data", "--inputs", HTML, *sorted(WEB.glob("*.warc.gz")), "--url_map", TRUTH,
+                     "--output_dir", run_dir, "--workers", "2", "--keep_dropped", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
     return run_dir

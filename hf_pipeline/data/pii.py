@@ -223,6 +223,11 @@ class PIIScrubber(BaseFormatter):
         self.replacements = _replacement_map(email_replacement, ip_replacement, phone_replacement)
         self._turns = dict.fromkeys(ENTITY_TYPES, 0)
 
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        for doc in super().run(data, rank, world_size):
+            self.update_doc_stats(doc)  # characters out, for the data stage's report
+            yield doc
+
     def format(self, text: str) -> str:
         spans = find_pii(text, self.remove_emails, self.remove_ips, self.remove_phones)
         if not spans:

@@ -1,0 +1,144 @@
+"""Throughput of the data stage's filtering chain against datatrove's stock FineWeb chain, on the same input.
+
+    python benchmarks/data_throughput.py --input ../shared/data/web/article_extraction/html/*.html.gz \
+        ../shared/data/web/*.warc.gz --url_map ../shared/data/web/article_extraction/ground-truth.json --repeat 5
+
+Both chains run on datatrove's LocalPipelineExecutor with the same tasks and workers, read the same documents with
+the same reader, and apply FineWeb's steps in FineWeb's order with FineWeb's settings (from datatrove's
+``examples/fineweb.py``):
+
+    stock: URLFilter, Trafilatura(favour_precision=True), language ID (*), GopherRepetitionFilter,
+           GopherQualityFilter, C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter
+    ours:  the data stage's steps 1-4 (hf_pipeline/data/pipeline.py filter_steps): WebURLFilter, MainTextExtractor,
+           the same language ID, the same four datatrove quality filters sharing a faster spaCy tokenizer, and the C4
+           filter counting sentences only up to its minimum
+
+(*) ``LanguageFilter`` downloads ``lid.176.bin`` at run time, so both chains use the same bundled fastText model
+through ``OfflineLanguageFilter``. The stock URLFilter is given tldextract's bundled suffix list (it would try a
+download). Deduplication is left out: both would run the same datatrove MinHash stages.
+
+``--repeat N`` feeds each input file N times (as N links), so start-up costs (block lists, spaCy) weigh less.
+Prints docs/s of each chain (documents read / wall seconds), their ratio, and the share of documents on which the
+two chains take the same keep/drop decision. Last line:
+``data_throughput docs_per_s ours=<a> datatrove=<b> ratio=<a/b> agreement=<x> docs=<n> kept ours=<k1> datatrove=<k2>``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_pipeline.data.stats import step_seconds  # noqa: E402
+
+
+def kept_key(writer, doc) -> dict:
+    return {"key": f"{doc.metadata.get('source_file')}#{doc.id}"}
+
+
+def stock_steps(timeout: float):
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.filters import (
+        C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter, URLFilter,
+    )
+    from tldextract import TLDExtract
+
+    from hf_pipeline.data.lid import OfflineLanguageFilter
+
+    url_filter = URLFilter()
+    url_filter.tldextractor = TLDExtract(suffix_list_urls=(), fallback_to_snapshot=True)
+    return [
+        url_filter,
+        Trafilatura(favour_precision=True, timeout=timeout),
+        OfflineLanguageFilter(languages=("en",), language_threshold=0.65),
+        GopherRepetitionFilter(),
+        GopherQualityFilter(),
+        C4QualityFilter(filter_no_terminal_punct=False),
+        FineWebQualityFilter(),
+    ]
+
+
+def our_steps(timeout: float, out: Path):
+    from hf_pipeline.config import DataConfig
+    from hf_pipeline.data.filters import word_tokenizer_for
+    from hf_pipeline.data.pipeline import filter_steps
+
+    config = DataConfig(inputs=["unused"], extractor_timeout=timeout)
+    return [step for _, step in filter_steps(config, out, word_tokenizer_for("en"))]
+
+
+def run_chain(name: str, steps, root: str, paths_file: str, url_map: dict, workers: int, work: Path):
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from hf_pipeline.data.readers import WebReader
+
+    reader = WebReader(root, paths_file=paths_file, url_by_file=url_map)
+    writer = JsonlWriter(str(work / name / "kept"), output_filename="${rank}.jsonl", compression=None,
+                         adapter=kept_key)
+    executor = LocalPipelineExecutor([reader, *steps, writer], tasks=workers, workers=workers,
+                                     logging_dir=str(work / name / "logs"), skip_completed=False)
+    start = time.perf_counter()
+    executor.run()
+    seconds = time.perf_counter() - start
+    stats = json.loads((work / name / "logs" / "stats.json").read_text())
+    read = int(stats[0]["stats"].get("doc_len", {}).get("n", 0))
+    steps = ", ".join(f"{entry['name'].split(': ')[-1]} {step_seconds(entry):.1f}" for entry in stats)
+    print(f"{name}: seconds per step, summed over tasks: {steps}")
+    kept = set()
+    for path in (work / name / "kept").glob("*.jsonl"):
+        kept.update(json.loads(line)["key"] for line in path.read_text().splitlines())
+    return read, kept, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", nargs="+", required=True, help="WARC/WET/HTML/JSONL files.")
+    parser.add_argument("--url_map", default=None, help="JSON {file stem: url or {url}} for plain HTML files.")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1, help="Feed every input file this many times.")
+    parser.add_argument("--timeout", type=float, default=1.0, help="Extractor timeout (seconds) in both chains.")
+    args = parser.parse_args()
+
+    from hf_pipeline.data.pipeline import load_url_map
+
+    files = [Path(f).resolve() for f in args.input]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        sys.exit(f"data_throughput: input not found: {missing[0]}")
+    url_map = load_url_map(args.url_map)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        inputs = work / "inputs"
+        lines = []
+        for copy in range(args.repeat):  # links with the same file name, so HTML files keep their URL
+            for i, f in enumerate(files):
+                link = inputs / f"{copy:03d}" / f"{i:05d}" / f.name
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(f, link)
+                lines.append(str(link.relative_to(inputs)))
+        paths_file = work / "paths.txt"
+        paths_file.write_text("\n".join(lines) + "\n")
+        results = {}
+        for name, steps in (("datatrove", stock_steps(args.timeout)), ("ours", our_steps(args.timeout, work))):
+            read, kept, seconds = run_chain(name, steps, str(inputs), str(paths_file), url_map, args.workers, work)
+            results[name] = (read, kept, seconds)
+            print(f"{name}: {read} documents in {seconds:.1f} s, kept {len(kept)}")
+    (read, ours_kept, ours_s), (read_stock, stock_kept, stock_s) = results["ours"], results["datatrove"]
+    assert read == read_stock, "both chains must read the same documents"
+    disagree = len(ours_kept ^ stock_kept)
+    agreement = 1 - disagree / read if read else 1.0
+    ours_rate, stock_rate = read / ours_s, read / stock_s
+    print(f"data_throughput docs_per_s ours={ours_rate:.1f} datatrove={stock_rate:.1f} "
+          f"ratio={ours_rate / stock_rate:.2f} agreement={agreement:.4f} docs={read} "
+          f"kept ours={len(ours_kept)} datatrove={len(stock_kept)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""The data stage: FineWeb's recipe from web pages to a clean, deduplicated, PII-scrubbed ``datasets`` dataset.
+
+    hf-pipeline data --config recipes/tiny.yaml --output_dir runs/tiny      ->  runs/tiny/data/
+
+Each step is a datatrove pipeline step (datatrove's own where it has one, ours in this package where it does not),
+in FineWeb's order, each switchable in the recipe:
+
+    read WARC/WET/HTML/JSONL   WebReader                              (readers.py)
+    1 URL filter               WebURLFilter = datatrove URLFilter     (filters.py)  block lists + user lists
+    2 text extraction          MainTextExtractor | Trafilatura        (extract.py)  bounded by a timeout
+    3 language filter          OfflineLanguageFilter                  (lid.py)      fastText lid.176, score >= 0.65
+    4 quality filters          GopherRepetition, GopherQuality, C4 (terminal-punctuation rule off), FineWebQuality
+    5 deduplication            datatrove ExactDedup* then MinhashDedup* (5-grams, 14 buckets x 8 hashes)
+    6 PII                      PIIScrubber                            (pii.py)      emails, public IPs, phones
+
+The steps run as datatrove *stages* (each a set of tasks on an executor: local processes, Slurm or Ray), because
+deduplication needs every document's signature before any document can be dropped:
+
+    filter        read -> steps 1-4 -> work/filtered/{rank}.jsonl.gz (+ exact-dedup signatures)
+    exact_find    1 task: finds exact duplicates across all signatures
+    exact_filter  work/filtered -> drop exact duplicates -> work/deduped (+ MinHash signatures)
+    minhash_buckets, minhash_cluster
+    final         work/deduped -> drop near-duplicates -> PII -> RUN/data/data/train-{rank}.parquet
+    finalize      1 task: stats.json, metrics.json, then RUN/data.incomplete is renamed RUN/data
+
+Datatrove marks each finished task, so re-running a killed run skips what is done and redoes a half-done task from
+its start (its output file is rewritten, never appended to). Working files and logs live in RUN/data.work/; the
+published folder holds the dataset (``load_dataset(RUN/data)``), stats.json, metrics.json and config.yaml.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from datatrove.pipeline.dedup import MinhashDedupFilter
+from datatrove.pipeline.readers import JsonlReader
+
+from ..artifacts import incomplete_dir, is_complete, write_json
+from ..config import ConfigError, DataConfig, config_to_dict, save_config
+from .stats import collect_stats, summary_metrics
+
+logger = logging.getLogger("hf_pipeline")
+
+WORK_SUFFIX = ".work"
+OUTPUT_SCHEMA_FIELDS = [
+    ("text", "string"), ("id", "string"), ("url", "string"), ("date", "string"), ("language", "string"),
+    ("language_score", "float64"), ("source_file", "string"), ("source_offset", "int64"),
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def input_files(config: DataConfig) -> tuple[str, list[str]]:
+    """Resolve ``inputs`` (files, globs, folders) to a common root and the files under it, in a stable order."""
+    from ..refs import local_files
+
+    files: list[Path] = []
+    for ref in config.inputs:
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            found = local_files(ref)
+        if not found:
+            raise ConfigError(f"data.inputs: '{ref}' matches no file")
+        files.extend(p.resolve() for p in found)
+    files = sorted(set(files))
+    root = Path(os.path.commonpath([str(p.parent) for p in files]))
+    return str(root), [str(p.relative_to(root)) for p in files]
+
+
+def load_url_map(path: str | None) -> dict[str, str]:
+    """``{file stem: url}`` from a JSON file; values may be URLs or objects with a ``url`` field."""
+    if not path:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"data.url_map: '{path}' not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"data.url_map: '{path}' is not valid JSON (line {e.lineno})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"data.url_map: '{path}' must hold a JSON object {{name: url}}")
+    return {k: (v.get("url") if isinstance(v, dict) else v) for k, v in raw.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def document_text(doc) -> bytes:
+    """What exact dedup hashes: the extracted text, as UTF-8 bytes."""
+    return doc.text.encode("utf-8")
+
+
+def output_row(doc) -> dict:
+    """The published columns (one flat row per document)."""
+    md = doc.metadata
+    offset = md.get("source_offset", md.get("source_line"))
+    return {
+        "text": doc.text, "id": str(doc.id), "url": md.get("url"), "date": md.get("date"),
+        "language": md.get("language"), "language_score": md.get("language_score"),
+        "source_file": md.get("source_file"), "source_offset": int(offset) if offset is not None else None,
+    }
+
+
+def _step_args(config: DataConfig, key: str) -> dict:
+    return dict(config.step_args.get(key) or {})
+
+
+def _dropped_writer(config: DataConfig, out: Path, key: str):
+    if not config.keep_dropped:
+        return None
+    from datatrove.pipeline.writers import JsonlWriter
+
+    return JsonlWriter(str(out / "dropped" / key), output_filename="${rank}.jsonl.gz")
+
+
+def filter_steps(config: DataConfig, out: Path, words) -> list[tuple[str, object]]:
+    """Steps 1-4 as (stats key, datatrove step), in FineWeb's order; switched-off steps are left out.
+    ``words``: the word tokenizer (or language code) of the quality filters."""
+    from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+    from .extract import MainTextExtractor
+    from .filters import EarlyStopC4QualityFilter, WebURLFilter
+    from .lid import OfflineLanguageFilter
+
+    steps = []
+    if config.url_filter:
+        steps.append(("url_filter", WebURLFilter(
+            block_domains=config.url_block_domains, block_urls=config.url_block_urls,
+            allow_domains=config.url_allow_domains, exclusion_writer=_dropped_writer(config, out, "url_filter"),
+            **_step_args(config, "url_filter"))))
+    if config.extractor == "main_text":
+        extractor = MainTextExtractor(timeout=config.extractor_timeout, **_step_args(config, "extraction"))
+    else:
+        from datatrove.pipeline.extractors import Trafilatura
+
+        extractor = Trafilatura(favour_precision=True, timeout=config.extractor_timeout,
+                                **_step_args(config, "extraction"))
+    steps.append(("extraction", extractor))
+    if config.language_filter:
+        steps.append(("language", OfflineLanguageFilter(
+            languages=tuple(config.languages), language_threshold=config.language_threshold,
+            exclusion_writer=_dropped_writer(config, out, "language"), **_step_args(config, "language"))))
+    quality = [
+        ("gopher_repetition", config.gopher_repetition, GopherRepetitionFilter, {}),
+        ("gopher_quality", config.gopher_quality, GopherQualityFilter, {}),
+        ("c4_quality", config.c4_quality, EarlyStopC4QualityFilter, {"filter_no_terminal_punct": False}),  # FineWeb
+        ("fineweb_quality", config.fineweb_quality, FineWebQualityFilter, {}),
+    ]
+    for key, enabled, cls, fineweb_settings in quality:
+        if enabled:
+            kwargs = {"language": words, **fineweb_settings, **_step_args(config, key)}
+            steps.append((key, cls(exclusion_writer=_dropped_writer(config, out, key), **kwargs)))
+    return steps
+
+
+class RankShardReader(JsonlReader):
+    """Reads back ``{rank:05d}.jsonl.gz`` that this rank wrote in an earlier stage (same documents, same order).
+
+    Dedup filters identify documents by their index within a rank's stream, so each rank must read exactly the
+    file its rank wrote; a rank that kept no document wrote no file and reads nothing.
+    """
+
+    name = "📖 Read back"
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        name = f"{rank:05d}.jsonl.gz"
+        if self.data_folder.exists(name):
+            yield from self.read_files_shard([name])
+
+
+class NearDuplicateFilter(MinhashDedupFilter):
+    """datatrove's MinHash stage 4, also counting the characters it passes on (for stats.json)."""
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        for doc in super().run(data, rank, world_size):
+            self.update_doc_stats(doc)
+            yield doc
+
+
+def output_adapter(writer, doc) -> dict:
+    return output_row(doc)
+
+
+def _shard_writer(folder: Path):
+    from datatrove.pipeline.writers import JsonlWriter
+
+    return JsonlWriter(str(folder), output_filename="${rank}.jsonl.gz")
+
+
+def build_stages(config: DataConfig, root: str, files: list[str], out: Path, work: Path) -> list[dict]:
+    """The datatrove stages of this recipe: ``{name, pipeline, tasks, report}`` where ``report`` names the steps
+    whose stats go into stats.json (None for writers and signature steps)."""
+    import pyarrow as pa
+    from datatrove.pipeline.dedup import (
+        ExactDedupFilter, ExactDedupSignature, ExactFindDedups, MinhashConfig, MinhashDedupBuckets,
+        MinhashDedupCluster, MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+    from datatrove.pipeline.writers import ParquetWriter
+
+    from .filters import word_tokenizer_for
+    from .pii import PIIScrubber
+    from .readers import WebReader
+
+    tasks = config.tasks or config.workers or config.num_proc
+    paths_file = work / "input_files.txt"
+    paths_file.write_text("".join(f + "\n" for f in files))
+    reader = WebReader(root, paths_file=str(paths_file), limit=config.limit, file_progress=True,
+                       url_by_file=load_url_map(config.url_map))
+    exact_cfg = ExactDedupConfig(content_getter=document_text)
+    minhash_cfg = MinhashConfig(n_grams=config.minhash_ngrams, num_buckets=config.minhash_buckets,
+                                hashes_per_bucket=config.minhash_hashes_per_bucket)
+
+    words = word_tokenizer_for(config.languages[0])  # one tokenizer shared by the quality and MinHash steps
+    stages, current = [], [("read", reader), *filter_steps(config, out, words)]
+    shard_in = None  # where the current stage reads from (None: the raw input)
+
+    def close_stage(name, signature_step):
+        nonlocal current, shard_in
+        folder = work / name
+        current += [(None, _shard_writer(folder)), (None, signature_step)]
+        stages.append({"name": name, "pipeline": current, "tasks": tasks})
+        shard_in = folder
+        current = [(None, RankShardReader(str(folder)))]
+
+    if config.exact_dedup:
+        close_stage("filter", ExactDedupSignature(str(work / "exact_signatures"), config=exact_cfg))
+        stages.append({"name": "exact_find", "tasks": 1, "pipeline": [
+            (None, ExactFindDedups(str(work / "exact_signatures"), str(work / "exact_duplicates"), config=exact_cfg))]})
+        current.append(("exact_dedup", ExactDedupFilter(str(work / "exact_duplicates"), config=exact_cfg,
+                                                        exclusion_writer=_dropped_writer(config, out, "exact_dedup"))))
+    if config.minhash_dedup:
+        close_stage("exact_filter" if config.exact_dedup else "filter",
+                    MinhashDedupSignature(str(work / "minhash_signatures"), config=minhash_cfg,
+                                          language=words))
+        stages.append({"name": "minhash_buckets", "tasks": config.minhash_buckets, "pipeline": [
+            (None, MinhashDedupBuckets(str(work / "minhash_signatures"), str(work / "minhash_buckets"),
+                                       config=minhash_cfg))]})
+        stages.append({"name": "minhash_cluster", "tasks": 1, "pipeline": [
+            (None, MinhashDedupCluster(str(work / "minhash_buckets"), str(work / "minhash_clusters"),
+                                       config=minhash_cfg))]})
+        current.append(("minhash_dedup", NearDuplicateFilter(
+            str(work / "minhash_clusters"), exclusion_writer=_dropped_writer(config, out, "minhash_dedup"))))
+    if config.pii:
+        placeholders = {f"{kind}_replacement": tuple(getattr(config, f"{kind}_replacement"))
+                        for kind in ("email", "ip", "phone") if getattr(config, f"{kind}_replacement")}
+        current.append(("pii", PIIScrubber(**placeholders)))
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in OUTPUT_SCHEMA_FIELDS])
+    current.append((None, ParquetWriter(str(out / "data"), output_filename="train-${rank}.parquet",
+                                        adapter=output_adapter, schema=schema)))
+    stages.append({"name": "final", "pipeline": current, "tasks": tasks})
+    for stage in stages:
+        stage["report"] = [key for key, _ in stage["pipeline"]]
+        stage["pipeline"] = [step for _, step in stage["pipeline"]]
+    return stages
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Executors
+
+
+def make_executor(config: DataConfig, stage: dict, logging_dir: Path, depends=None):
+    """The datatrove executor for one stage; ``executor_options`` go to its constructor (Slurm: partition, time...)."""
+    options = dict(config.executor_options)
+    common = dict(pipeline=stage["pipeline"], tasks=stage["tasks"], logging_dir=str(logging_dir), depends=depends)
+    if config.executor == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        workers = min(config.workers or config.num_proc, stage["tasks"])
+        return LocalPipelineExecutor(workers=workers, **common, **options)  # depends is None: run() runs in order
+    if config.executor == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        options.setdefault("time", "04:00:00")
+        return SlurmPipelineExecutor(job_name=f"hf-pipeline-data-{stage['name']}", **common, **options)
+    from datatrove.executor import RayPipelineExecutor
+
+    return RayPipelineExecutor(workers=config.workers or -1, **common, **options)
+
+
+def finalize(data, rank: int = 0, world_size: int = 1, *, config_dict: dict, stages: list[dict], out: str,
+             work: str, final: str):
+    """The last stage (one task): stats.json and metrics.json, then publish RUN/data.incomplete as RUN/data."""
+    out, work, final = Path(out), Path(work), Path(final)
+    stats = collect_stats(stages, work / "logs")
+    stats["config"] = config_dict
+    write_json(out / "stats.json", stats)
+    write_json(out / "metrics.json", summary_metrics(stats))
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    for sub in work.iterdir():  # intermediate documents and signatures; the logs stay for inspection
+        if sub.name != "logs":
+            shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
+    return data or ()
+
+
+def run(config: DataConfig) -> Path:
+    final = config.stage_dir()
+    if is_complete(final) and not config.overwrite:
+        logger.info("data: %s is complete, skipping (overwrite: true to redo)", final)
+        return final
+    out, work = incomplete_dir(final), final.with_name(final.name + WORK_SUFFIX)
+    root, files = input_files(config)
+    config_dict = config_to_dict(config)
+    # Resume only the same recipe: a changed config redoes the stage from scratch.
+    stamp = work / "config.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != json.loads(json.dumps(config_dict)):
+        logger.info("data: the recipe changed since %s was started; starting over", work)
+        shutil.rmtree(work)
+        shutil.rmtree(out, ignore_errors=True)
+    elif out.exists() or work.exists():
+        logger.info("data: resuming %s (finished tasks are skipped)", out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(stamp, config_dict)
+    save_config(config, out / "config.yaml")
+    logger.info("data: %d input files under %s, executor %s", len(files), root, config.executor)
+
+    stages = build_stages(config, root, files, out, work)
+    report = [{"name": s["name"], "report": s["report"]} for s in stages]
+    stages.append({"name": "finalize", "tasks": 1, "report": [None], "pipeline": [functools.partial(
+        finalize, config_dict=config_dict, stages=report, out=str(out), work=str(work), final=str(final))]})
+    if config.executor == "local":
+        for stage in stages:  # one after the other; datatrove skips the tasks a previous run finished
+            logs = work / "logs" / stage["name"]
+            executor = make_executor(config, stage, logs)
+            executor.run()
+            failed = executor.get_incomplete_ranks(skip_completed=True)
+            if failed:
+                raise RuntimeError(f"data: stage '{stage['name']}': {len(failed)} of {stage['tasks']} tasks failed "
+                                   f"(logs in {logs}/logs); run again to retry them")
+    else:
+        executor = None
+        for stage in stages:
+            executor = make_executor(config, stage, work / "logs" / stage["name"], depends=executor)
+        executor.run()  # Slurm: submits the chain of jobs and returns; Ray: runs the chain
+        if not is_complete(final):
+            logger.info("data: submitted; %s appears when the last job finishes", final)
+            return final
+    stats = json.loads((final / "stats.json").read_text())
+    for step in stats["steps"]:
+        logger.info("data: %-18s docs %7d -> %7d  chars %10s -> %10s  %s", step["step"], step["docs_in"],
+                    step["docs_out"], step["chars_in"], step["chars_out"],
+                    ", ".join(f"{k} {v}" for k, v in step["dropped"].items()))
+    return final

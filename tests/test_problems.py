@@ -1,0 +1,220 @@
+"""Problem sets: the generator's determinism, split disjointness, worked solutions checked by arithmetic, the
+difficulty dial; GSM8K loading from the real mirror, with bad rows skipped and counted."""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import re
+import shutil
+import statistics
+from collections import Counter
+from fractions import Fraction
+
+import pytest
+
+from hf_pipeline.problems import (
+    SYSTEM_PROMPT, TEMPLATES, generate_problems, load_gsm8k, make_prompt, problem_split,
+)
+from hf_pipeline.rewards import ANSWER_PREFIX, correctness_reward, format_reward
+
+from conftest import MIRROR
+
+GSM8K_TRAIN = MIRROR / "openai" / "gsm8k" / "main" / "train.jsonl"
+
+# "a op b (op c...) = result" as the generator writes them.
+EQUATION_RE = re.compile(r"(\d+(?:\s*[-+*/]\s*\d+)+)\s*=\s*(\d+)")
+NUMBER_RE = re.compile(r"\d+")
+# Numbers that ages problems state in words.
+WORD_NUMBERS = {"twice": 2, "three times": 3, "four times": 4, "five times": 5, "half": 2}
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def evaluate_expression(expr: str) -> Fraction:
+    """Exact value of an expression of integers and + - * / (nothing else is accepted)."""
+
+    def walk(node):
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return Fraction(node.value)
+        raise ValueError(f"unexpected {ast.dump(node)} in {expr!r}")
+
+    return walk(ast.parse(expr, mode="eval").body)
+
+
+@pytest.fixture(scope="module")
+def train_set():
+    return generate_problems(2000, seed=0, split="train", steps=(1, 6))
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return generate_problems(2000, seed=0, split="test", steps=(1, 6))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generator
+
+
+def test_same_seed_same_dataset_and_different_seeds_differ():
+    a = generate_problems(200, seed=3, steps=(1, 4))
+    b = generate_problems(200, seed=3, steps=(1, 4))
+    c = generate_problems(200, seed=4, steps=(1, 4))
+    assert a.to_list() == b.to_list()
+    assert generate_problems(50, seed=3, steps=(1, 4)).to_list() == a.to_list()[:50]  # more problems extend fewer
+    assert a["question"] != c["question"]
+    assert len(set(a["question"]) & set(c["question"])) < 10  # independent draws rarely collide
+
+
+def test_columns_prompt_and_answer_types(train_set):
+    assert set(train_set.column_names) == {"prompt", "question", "answer", "solution", "source", "steps"}
+    row = train_set[0]
+    assert row["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["question"]}]
+    assert ANSWER_PREFIX in SYSTEM_PROMPT
+    suffix = generate_problems(3, seed=0, instruction="suffix")
+    assert [m["role"] for m in suffix[0]["prompt"]] == ["user"]
+    assert suffix[0]["prompt"][0]["content"].startswith(suffix[0]["question"])
+    assert ANSWER_PREFIX in suffix[0]["prompt"][0]["content"]
+    assert make_prompt("Q?", "none") == [{"role": "user", "content": "Q?"}]
+    # Integer answers only, and every template is used.
+    assert all(re.fullmatch(r"\d+", a) for a in train_set["answer"])
+    assert {s.split("/", 1)[1] for s in train_set["source"]} == set(TEMPLATES)
+
+
+def test_train_and_test_are_disjoint(train_set, test_set):
+    train_q, test_q = set(train_set["question"]), set(test_set["question"])
+    assert len(train_q) == len(train_set) == 2000  # no duplicates within a split either
+    assert len(test_q) == len(test_set) == 2000
+    assert not train_q & test_q
+    # By construction: the hash of the text decides, whatever the seed.
+    other_seed_test = set(generate_problems(2000, seed=1, split="test", steps=(1, 6))["question"])
+    assert not train_q & other_seed_test
+    assert all(problem_split(q) == "train" for q in train_q)
+    assert all(problem_split(q) == "test" for q in test_q)
+
+
+def test_worked_solutions_are_arithmetically_correct(train_set, test_set):
+    for row in list(train_set) + list(test_set):
+        lines = row["solution"].split("\n")
+        assert lines[-1] == f"{ANSWER_PREFIX} {row['answer']}"
+        question_numbers = {int(n) for n in NUMBER_RE.findall(row["question"])}
+        question_numbers |= {v for word, v in WORD_NUMBERS.items() if word in row["question"]}
+        results: list[int] = []
+        for line in lines[:-1]:
+            equations = EQUATION_RE.findall(line)
+            assert len(equations) == 1, line  # one intermediate result per line
+            expr, result = equations[0]
+            assert evaluate_expression(expr) == int(result), f"{line!r} in\n{row['solution']}"
+            # Every operand comes from the question or from an earlier line.
+            for operand in map(int, NUMBER_RE.findall(expr)):
+                assert operand in question_numbers or operand in results, f"{operand} in {line!r}: {row['question']}"
+            results.append(int(result))
+        assert len(results) == row["steps"]
+        assert results[-1] == int(row["answer"])  # the last step computes the answer
+
+
+def test_generated_solutions_earn_full_rewards(train_set):
+    rows = train_set.select(range(300))
+    completions = [[{"role": "assistant", "content": s}] for s in rows["solution"]]
+    assert correctness_reward(completions, answer=rows["answer"]) == [1.0] * 300
+    assert format_reward(completions) == [1.0] * 300
+    shifted = rows["answer"][1:] + rows["answer"][:1]
+    wrong = correctness_reward(completions, answer=shifted)
+    assert sum(wrong) == sum(a == b for a, b in zip(rows["answer"], shifted))
+
+
+def test_difficulty_dial_steps_and_numbers():
+    easy = generate_problems(300, seed=0, steps=1)
+    hard = generate_problems(300, seed=0, steps=5)
+    assert set(easy["steps"]) == {1} and set(hard["steps"]) == {5}
+    assert statistics.mean(map(len, hard["solution"])) > 2 * statistics.mean(map(len, easy["solution"]))
+    assert statistics.mean(map(len, hard["question"])) > statistics.mean(map(len, easy["question"]))
+    # steps=1 is supported by every template except the unknown unit price (which needs subtract + divide).
+    assert {s.split("/")[1] for s in easy["source"]} == set(TEMPLATES) - {"unit_price"}
+
+    small = generate_problems(300, seed=0, steps=(1, 3), max_number=10)
+    big = generate_problems(300, seed=0, steps=(1, 3), max_number=1000)
+
+    def numbers(ds):
+        return [int(n) for q in ds["question"] for n in NUMBER_RE.findall(q)]
+
+    assert max(numbers(small)) < max(numbers(big))
+    assert statistics.median(numbers(small)) * 5 < statistics.median(numbers(big))
+    assert statistics.median(map(int, small["answer"])) < statistics.median(map(int, big["answer"]))
+
+
+def test_templates_filter_and_bad_arguments():
+    only = generate_problems(50, seed=0, templates=["ages", "sharing"], steps=(2, 3))
+    assert set(only["source"]) == {"generated/ages", "generated/sharing"}
+    with pytest.raises(ValueError, match="steps"):
+        generate_problems(5, steps=0)
+    with pytest.raises(ValueError, match="unknown templates"):
+        generate_problems(5, templates=["agez"])
+    with pytest.raises(ValueError, match="split"):
+        generate_problems(5, split="validation")
+    with pytest.raises(ValueError, match="max_number"):
+        generate_problems(5, max_number=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GSM8K
+
+
+def test_load_gsm8k_from_the_mirror():
+    stats = Counter()
+    ds = load_gsm8k(str(MIRROR), stats=stats)
+    raw = [json.loads(line) for line in GSM8K_TRAIN.read_text().splitlines()]
+    assert len(ds) == len(raw) == stats["kept"] == 7473
+    assert set(stats) == {"kept"}
+    for row, original in zip(ds.select(range(500)), raw):
+        assert row["question"] == original["question"]
+        assert row["answer"] == original["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        assert "<<" not in row["solution"] and ">>" not in row["solution"]
+        assert row["solution"].endswith(f"\n#### {row['answer']}")
+        assert row["steps"] == original["answer"].count("<<")
+        assert row["prompt"][-1] == {"role": "user", "content": original["question"]}
+    # Row 1: "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute." loses only the annotation.
+    assert ds[1]["solution"].startswith("Weng earns 12/60 = $0.2 per minute.\n")
+    # Answers with thousands separators ("#### 1,000") are normalized, and negatives kept.
+    assert any("," in a["answer"].rsplit("####", 1)[1] for a in raw)
+    assert all("," not in a for a in ds["answer"])
+    assert sum(a.startswith("-") for a in ds["answer"]) == 3
+    # The reference solutions earn full correctness and format rewards.
+    assert correctness_reward(ds["solution"], answer=ds["answer"]) == [1.0] * len(ds)
+    assert format_reward(ds["solution"]) == [1.0] * len(ds)
+    assert len(load_gsm8k(str(MIRROR), limit=25)) == 25
+
+
+def test_load_gsm8k_skips_and_counts_bad_rows(tmp_path):
+    source = MIRROR / "openai" / "gsm8k"
+    copy = tmp_path / "hub" / "openai" / "gsm8k"
+    (copy / "main").mkdir(parents=True)
+    shutil.copy(source / "README.md", copy / "README.md")
+    good = [json.loads(line) for line in GSM8K_TRAIN.read_text().splitlines()[:40]]
+    bad = [
+        {"question": "How many apples are left?", "answer": None},  # missing answer
+        {"question": "What is 2 + 2?", "answer": "2 + 2 = 4, so four."},  # no #### line
+        {"question": "What is 3 + 3?", "answer": "3 + 3 = 6\n#### "},  # nothing after ####
+        {"question": "How far is it?", "answer": "It is far.\n#### about five"},  # not a number
+        {"question": "", "answer": "#### 5"},  # missing question
+    ]
+    rows = good[:20] + bad + good[20:]
+    (copy / "main" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # A cache of its own: datasets would file this copy under the same cache key as the real mirror.
+    cache = str(tmp_path / "cache")
+    stats = Counter()
+    ds = load_gsm8k(str(tmp_path / "hub"), stats=stats, cache_dir=cache)
+    assert ds["question"] == [r["question"] for r in good]
+    assert stats == Counter(kept=40, missing_answer=3, unparseable_answer=1, missing_question=1)
+    # limit counts usable rows, after the bad ones are skipped
+    limited = load_gsm8k(str(tmp_path / "hub"), limit=22, cache_dir=cache)
+    assert limited["question"] == [r["question"] for r in good[:22]]
+    # The same copy named as a local folder rather than through the mirror
+    by_path = load_gsm8k(dataset=str(copy), cache_dir=cache)
+    assert by_path["question"] == ds["question"] and set(by_path["source"]) == {str(copy)}
+    # Editing the copy is seen at once (datasets' cache key ignores file content; load_gsm8k rebuilds local mirrors).
+    (copy / "main" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good[:5]))
+    assert len(load_gsm8k(str(tmp_path / "hub"), cache_dir=cache)) == 5
