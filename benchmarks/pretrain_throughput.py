@@ -54,10 +54,9 @@ def random_windows(n: int, seq_len: int, vocab: int, seed: int = 0):
 
 def ours(cfg, args, windows, device) -> float:
     """Tokens/s of the pretrain stage's Trainer (same TrainingArguments and Trainer class as hf_pipeline.pretrain)."""
-    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast, TrainerCallback
-    from tokenizers import Tokenizer, models
+    from transformers import TrainerCallback
 
-    from hf_pipeline.pretrain import _trainer_class, training_arguments
+    from hf_pipeline.pretrain import _trainer_class, collate_windows, training_arguments
 
     times = []
 
@@ -66,7 +65,6 @@ def ours(cfg, args, windows, device) -> float:
             _sync(device)
             times.append(time.perf_counter())
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), pad_token="<pad>", eos_token="<eos>")
     config = PretrainConfig(
         depth=args.depth, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         eval_steps=10**9, save_steps=10**9, logging_steps=10**9, bf16=True, seed=0,
@@ -79,8 +77,8 @@ def ours(cfg, args, windows, device) -> float:
         targs.eval_strategy = "no"
         targs.save_strategy = "no"
         trainer = _trainer_class()(
-            model=model, args=targs, train_dataset=windows,
-            data_collator=DataCollatorForLanguageModeling(tok, mlm=False), callbacks=[Clock()],
+            model=model, args=targs, train_dataset=windows.with_format("torch"),
+            data_collator=collate_windows, callbacks=[Clock()],
         )
         trainer.train()
     timed = times[args.warmup - 1 :]

@@ -46,6 +46,16 @@ def tokenize_and_pack(ds, tokenizer, seq_len: int, num_proc: int = 1, desc: str 
     return tokens.map(pack, batched=True, batch_size=1000, num_proc=num_proc, desc=f"pack {desc}")
 
 
+def collate_windows(features: list[dict]) -> dict:
+    """A batch of packed windows: all ``seq_len`` long, no padding, so the labels are the inputs (the model shifts
+    them). Stacking tensors (the dataset is in torch format) instead of padding Python lists keeps the collator off
+    the GPU's critical path."""
+    import torch
+
+    ids = torch.stack([torch.as_tensor(f["input_ids"]) for f in features])
+    return {"input_ids": ids, "labels": ids}
+
+
 def token_byte_lengths(tokenizer):
     """UTF-8 bytes of every token id (0 for special tokens), for bits per byte."""
     import torch
@@ -72,7 +82,7 @@ def evaluate_bpb(model, windows, token_bytes, batch_size: int = 16, autocast=Non
     total_tokens = total_bytes = 0
     with torch.no_grad(), (autocast or contextlib.nullcontext()):
         for start in range(0, len(windows), batch_size):
-            ids = torch.tensor(windows[start : start + batch_size]["input_ids"], device=device)
+            ids = torch.as_tensor(windows[start : start + batch_size]["input_ids"], device=device)
             logits = model(input_ids=ids[:, :-1]).logits.float()
             targets = ids[:, 1:]
             nats = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
@@ -161,7 +171,7 @@ def training_arguments(config: PretrainConfig, checkpoint_dir: Path, learning_ra
 
 def run(config: PretrainConfig) -> Path:
     """Pretrain a model from scratch and write RUN/pretrain/."""
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+    from transformers import AutoTokenizer
 
     from .corpus import load_corpus
     from .model import build_model, count_params, default_learning_rate, model_config
@@ -212,9 +222,9 @@ def run(config: PretrainConfig) -> Path:
     trainer = _trainer_class()(
         model=model,
         args=training_arguments(config, work / "checkpoints", lr),
-        train_dataset=train,
+        train_dataset=train.with_format("torch"),
         eval_dataset=heldout,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        data_collator=collate_windows,
         processing_class=tokenizer,
         token_bytes=token_byte_lengths(tokenizer),
     )

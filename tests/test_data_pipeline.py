@@ -256,3 +256,11 @@ def test_tiny_recipe_feeds_the_data_stage_output_to_pretraining(web_run, tmp_pat
         check_inputs(config, planned=("tokenizer",))
     docs = load_source(TextSource(path=str(web_run / "data")))
     assert len(docs) == len(load(web_run)) and docs.column_names == ["text"]
+
+
+def test_remote_style_input_urls_resolve_like_local_paths():
+    local = pipeline.input_files(DataConfig(inputs=[str(WEB / "*.warc.gz")]))
+    url = pipeline.input_files(DataConfig(inputs=[f"file://{WEB}/*.warc.gz"]))
+    assert url == (f"file://{WEB}", local[1]) and len(local[1]) == 3
+    with pytest.raises(ConfigError, match="must be the only input"):
+        pipeline.input_files(DataConfig(inputs=[f"file://{WEB}/*.warc.gz", str(HTML)]))

@@ -58,22 +58,40 @@ OUTPUT_SCHEMA_FIELDS = [
 
 
 def input_files(config: DataConfig) -> tuple[str, list[str]]:
-    """Resolve ``inputs`` (files, globs, folders) to a common root and the files under it, in a stable order."""
-    from ..refs import local_files
+    """Resolve ``inputs`` to a root folder and the files under it (relative paths, stable order).
 
-    files: list[Path] = []
+    Local inputs are files, globs or folders. A remote input (``s3://bucket/crawl/*.warc.gz``, ``hf://...``: any
+    fsspec URL datatrove reads) must be the only input; its folder is listed with its glob.
+    """
+    from ..refs import GLOB_CHARS, local_files
+
+    remote = [ref for ref in config.inputs if "://" in ref]
+    if remote:
+        if len(config.inputs) > 1:
+            raise ConfigError("data.inputs: a remote input (scheme://...) must be the only input")
+        from datatrove.io import get_datafolder
+
+        ref = remote[0]
+        cut = min((ref.index(c) for c in GLOB_CHARS if c in ref), default=len(ref))
+        root = ref[:cut].rsplit("/", 1)[0] if cut < len(ref) else ref
+        pattern = ref[len(root):].lstrip("/") or None
+        files = sorted(get_datafolder(root).list_files(recursive=True, glob_pattern=pattern))
+        if not files:
+            raise ConfigError(f"data.inputs: '{ref}' matches no file")
+        return root, files
+    found: list[Path] = []
     for ref in config.inputs:
         path = Path(ref).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            matched = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         else:
-            found = local_files(ref)
-        if not found:
+            matched = local_files(ref)
+        if not matched:
             raise ConfigError(f"data.inputs: '{ref}' matches no file")
-        files.extend(p.resolve() for p in found)
-    files = sorted(set(files))
-    root = Path(os.path.commonpath([str(p.parent) for p in files]))
-    return str(root), [str(p.relative_to(root)) for p in files]
+        found.extend(p.resolve() for p in matched)
+    found = sorted(set(found))
+    root = Path(os.path.commonpath([str(p.parent) for p in found]))
+    return str(root), [str(p.relative_to(root)) for p in found]
 
 
 def load_url_map(path: str | None) -> dict[str, str]:
