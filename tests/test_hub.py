@@ -71,3 +71,18 @@ def test_push_refuses_an_incomplete_stage_and_pull_names_a_missing_repo(tiny_run
     assert not HfApi(endpoint=hub.url, token="x").repo_exists("me/partial")
     missing = run_cli("pull", "me/does-not-exist", "--to", tmp_path / "x", env=env)
     assert missing.returncode == 2 and "me/does-not-exist" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_push_then_pull_the_data_stage_as_a_dataset_repo(web_run, hub, tmp_path):
+    import datasets
+
+    env = hub.env(tmp_path / "hf")
+    pushed = run_cli("push", web_run / "data", "--repo-id", "me/tiny-web", env=env)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    pulled = run_cli("pull", "me/tiny-web", "--repo-type", "dataset", "--to", tmp_path / "pulled", env=env)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    card = (tmp_path / "pulled" / "README.md").read_text()
+    assert 'load_dataset("me/tiny-web")' in card and "docs_out" in card
+    original = datasets.load_dataset(str(web_run / "data"), split="train")
+    copy = datasets.load_dataset(str(tmp_path / "pulled"), split="train")
+    assert sorted(copy["id"]) == sorted(original["id"]) and sorted(copy["text"]) == sorted(original["text"])

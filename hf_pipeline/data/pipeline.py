@@ -20,7 +20,7 @@ deduplication needs every document's signature before any document can be droppe
     exact_find    1 task: finds exact duplicates across all signatures
     exact_filter  work/filtered -> drop exact duplicates -> work/deduped (+ MinHash signatures)
     minhash_buckets, minhash_cluster
-    final         work/deduped -> drop near-duplicates -> PII -> RUN/data/data/train-{rank}.parquet
+    final         work/deduped -> drop near-duplicates -> PII -> RUN/data/data/000_train-{rank}.parquet
     finalize      1 task: stats.json, metrics.json, then RUN/data.incomplete is renamed RUN/data
 
 Datatrove marks each finished task, so re-running a killed run skips what is done and redoes a half-done task from
@@ -241,14 +241,13 @@ def build_stages(config: DataConfig, root: str, files: list[str], out: Path, wor
 
     words = word_tokenizer_for(config.languages[0])  # one tokenizer shared by the quality and MinHash steps
     stages, current = [], [("read", reader), *filter_steps(config, out, words)]
-    shard_in = None  # where the current stage reads from (None: the raw input)
 
     def close_stage(name, signature_step):
-        nonlocal current, shard_in
+        """End the current stage with its documents written per rank (+ signatures); the next one reads them."""
+        nonlocal current
         folder = work / name
         current += [(None, _shard_writer(folder)), (None, signature_step)]
         stages.append({"name": name, "pipeline": current, "tasks": tasks})
-        shard_in = folder
         current = [(None, RankShardReader(str(folder)))]
 
     if config.exact_dedup:
