@@ -339,7 +339,11 @@ class SFTStageConfig(PostTrainingConfig):
         default_factory=list,
     )
     heldout_fraction: float = _help("Share of conversations held out for the loss before/after.", default=0.05)
-    max_length: int = _help("Tokens per conversation (longer ones are truncated).", default=512)
+    max_length: int = _help("Tokens per conversation (longer ones are dropped or truncated).", default=512)
+    drop_long: bool = _help(
+        "Drop conversations longer than max_length (counted as skipped_too_long) instead of truncating them: a "
+        "truncated reply never shows its <|im_end|>, so it teaches the model not to stop.", default=True
+    )
     packing: bool = _help("Pack conversations into full windows.", default=False)
     # Knowledge of self
     assistant_name: str = _help("The assistant's name, filled into the identity conversations.", default="Tiny")
@@ -362,11 +366,20 @@ class SFTStageConfig(PostTrainingConfig):
     def __post_init__(self):
         super().__post_init__()
         self.datasets = _as_dataset_sources(self.datasets)
+        for name in ("model", "identity_data", "system_message", "mmlu"):  # `--identity_data null` switches it off
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+                setattr(self, name, None)
 
 
 @dataclass
 class GRPOStageConfig(PostTrainingConfig):
-    """RL on verifiable problems with TRL GRPOTrainer: reward functions check the final answer."""
+    """RL on verifiable problems with TRL GRPOTrainer: reward functions check the final answer.
+
+    ``batch_size`` counts completions (not problems) per device and micro-step, as in TRL: one optimizer step sees
+    ``batch_size * gradient_accumulation_steps / num_generations`` problems, so that product must be a multiple of
+    ``num_generations``.
+    """
 
     stage: ClassVar[str] = "grpo"
 
@@ -374,25 +387,59 @@ class GRPOStageConfig(PostTrainingConfig):
         "'generated' (procedural arithmetic word problems) or a dataset id/path with question and answer "
         "(e.g. openai/gsm8k).", default="generated"
     )
-    problems_name: Optional[str] = _help("Dataset config name (gsm8k: main).", default=None)
+    problems_name: Optional[str] = _help("Dataset config name (default: main for openai/gsm8k, none otherwise).",
+                                         default=None)
+    problems_split: str = _help("Dataset split the training and held-out problems are drawn from.", default="train")
     num_train_problems: int = _help("Training problems.", default=1000)
     num_test_problems: int = _help("Held-out problems for pass@1 / pass@k.", default=100)
     problem_min_steps: int = _help("Generated problems: fewest arithmetic steps.", default=1)
     problem_max_steps: int = _help("Generated problems: most arithmetic steps.", default=2)
     problem_max_number: int = _help("Generated problems: largest number in a question.", default=20)
+    problem_templates: list[str] = _help("Generated problems: templates to draw from (empty: all; names in "
+                                         "hf_pipeline.problems.TEMPLATES).", default_factory=list)
     # GRPO
     num_generations: int = _help("Group size: completions sampled per problem.", default=8)
     beta: float = _help("KL coefficient against the starting model (0: no reference model).", default=0.0)
     temperature: float = _help("Sampling temperature of the rollouts.", default=1.0)
-    max_completion_length: int = _help("Tokens per completion.", default=128)
+    max_completion_length: int = _help("Tokens per completion (rollouts and evaluation).", default=128)
     loss_type: str = _help("GRPO loss: grpo, bnpo, dr_grpo, dapo...", default="dapo")
+    scale_rewards: str = _help("Advantage scaling: group (divide by the group's std), batch or none (Dr. GRPO).",
+                               default="group")
+    num_iterations: int = _help("Optimisation passes over each batch of rollouts (mu in the GRPO paper).", default=1)
     reward_weights: dict = _help(
         "Reward functions and their weights, e.g. {correctness: 1.0, format: 0.2, length: 0.0}.",
         default_factory=lambda: {"correctness": 1.0, "format": 0.2},
     )
+    length_penalty: dict = _help(
+        "Arguments of the length reward (rewards.make_length_penalty), e.g. {target: 200, unit: tokens}.",
+        default_factory=dict,
+    )
+    use_vllm: bool = _help("Generate rollouts with vLLM (colocated; GPU and `pip install vllm` needed).",
+                           default=False)
     # Evaluation
     pass_k: int = _help("k of pass@k.", default=8)
     eval_temperature: float = _help("Sampling temperature for pass@k.", default=1.0)
+    eval_batch_size: int = _help("Prompts per generate call when measuring pass@1 / pass@k.", default=64)
+
+    def __post_init__(self):
+        super().__post_init__()
+        completions = self.batch_size * self.gradient_accumulation_steps
+        if self.num_generations < 2:
+            raise ConfigError(f"grpo.num_generations: must be >= 2 (a group needs a spread), not {self.num_generations}")
+        if completions % self.num_generations:
+            raise ConfigError(
+                f"grpo.batch_size: batch_size x gradient_accumulation_steps ({completions} completions) must be a "
+                f"multiple of num_generations ({self.num_generations})"
+            )
+        if self.pass_k < 1:
+            raise ConfigError(f"grpo.pass_k: must be >= 1, not {self.pass_k}")
+        if self.num_test_problems < 1 or self.num_train_problems < 1:
+            raise ConfigError("grpo.num_train_problems / num_test_problems: must be >= 1")
+        if not 1 <= self.problem_min_steps <= self.problem_max_steps:
+            raise ConfigError(f"grpo.problem_min_steps/problem_max_steps: need 1 <= min <= max, not "
+                              f"{self.problem_min_steps}, {self.problem_max_steps}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ConfigError(f"grpo.scale_rewards: group, batch or none, not {self.scale_rewards!r}")
 
 
 STAGE_CONFIGS: dict[str, type[SharedConfig]] = {

@@ -18,6 +18,9 @@ distances, items remaining) with a difficulty dial: ``steps`` (arithmetic operat
 same arguments always give the same dataset, and train and test never share a question: a hash of the question text
 decides which split a question belongs to (``problem_split``), and each split keeps only its own questions.
 
+``worked_problem_conversations`` turns generated problems into SFT conversations ("worked problems"): the same
+prompt messages the RL stage sends, then the worked solution as the assistant's reply.
+
 ``load_gsm8k`` loads ``openai/gsm8k`` (config ``main``) from the mirror or the Hub, with the calculator annotations
 ``<<48/2=24>>`` stripped from the solutions; rows without a usable answer are skipped and counted.
 """
@@ -39,7 +42,7 @@ logger = logging.getLogger("hf_pipeline")
 
 __all__ = [
     "ANSWER_PREFIX", "SYSTEM_PROMPT", "TEMPLATES", "TEST_FRACTION", "generate_problems", "load_gsm8k",
-    "make_prompt", "problem_split", "strip_calculator_annotations",
+    "make_prompt", "problem_split", "strip_calculator_annotations", "worked_problem_conversations",
 ]
 
 Instruction = Literal["system", "suffix", "none"]
@@ -486,6 +489,33 @@ def generate_problems(
         {k: [] for k in ("prompt", "question", "answer", "solution", "source", "steps")})
 
 
+def worked_problem_conversations(
+    n: int,
+    seed: int = 0,
+    steps: int | tuple[int, int] = (1, 3),
+    max_number: int = 20,
+    split: Literal["train", "test"] = "train",
+    templates: Sequence[str] | None = None,
+    instruction: Instruction = "system",
+):
+    """``n`` worked problems as SFT conversations: a ``datasets.Dataset`` with one ``messages`` column.
+
+    Each conversation is exactly the prompt GRPO sends for the same problem (``make_prompt``: by default the system
+    message ``SYSTEM_PROMPT`` and the question as the user turn), then the worked solution ending ``#### N`` as the
+    assistant's reply, so SFT teaches the format the RL rewards check. The problems are ``generate_problems(n, seed,
+    split, steps, max_number, templates, instruction)``: the train split by default, never a test-split question.
+    """
+    import datasets
+
+    problems = generate_problems(n, seed=seed, split=split, steps=steps, max_number=max_number,
+                                 templates=templates, instruction=instruction)
+    messages = [prompt + [{"role": "assistant", "content": solution}]
+                for prompt, solution in zip(problems["prompt"], problems["solution"])]
+    features = datasets.Features(
+        {"messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}]})
+    return datasets.Dataset.from_dict({"messages": messages}, features=features)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # GSM8K
 
@@ -516,7 +546,8 @@ def load_gsm8k(
 
     Read from ``<mirror>/openai/gsm8k`` when the mirror holds it, else from the Hub; ``dataset`` and ``name`` load
     another dataset in GSM8K's format (``question``, ``answer`` ending ``#### N``): a Hub id, tried in the mirror
-    first, or a local folder. ``answer`` is the number after
+    first, a local folder, or local ``.jsonl``/``.json``/``.parquet``/``.csv`` files (a path or glob; ``name`` and
+    ``split`` are then ignored). ``answer`` is the number after
     ``####`` without commas; ``solution`` is GSM8K's worked answer without the ``<<...>>`` calculator annotations,
     ending with the answer line. Rows are skipped and counted in ``stats`` under ``missing_question``,
     ``missing_answer`` (no ``####`` or nothing after it) or ``unparseable_answer`` (not a single number); kept rows
@@ -524,9 +555,10 @@ def load_gsm8k(
     """
     import datasets
 
-    from .refs import mirror_path
+    from .refs import local_files, mirror_path
 
-    local = mirror_path(dataset, mirror) or (Path(dataset) if Path(dataset).is_dir() else None)
+    files = local_files(dataset)
+    local = mirror_path(dataset, mirror) or (Path(dataset) if Path(dataset).is_dir() or files else None)
     path = str(local) if local else dataset
     logger.info("loading %s (%s) %s split from %s", dataset, name, split, path)
     # datasets caches a local folder with README configs under <folder name>/<config>/<hash of the README>: neither
@@ -534,7 +566,15 @@ def load_gsm8k(
     # get the first copy's rows (and fail the split-size check against the first copy's recorded sizes). Rebuilding
     # a local mirror's Arrow file is cheap (~0.1 s for GSM8K), so always do it, without that check.
     local_kwargs = dict(download_mode="force_redownload", verification_mode="no_checks") if local else {}
-    raw = datasets.load_dataset(path, name, split=split, cache_dir=cache_dir, **local_kwargs)
+    if files:  # local .jsonl/.json/.parquet/.csv file(s) or a glob: their rows are the one split, whatever `split` says
+        builders = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+        suffix = files[0].suffix if files[0].suffix != ".gz" else Path(files[0].stem).suffix
+        if suffix not in builders:
+            raise ValueError(f"{dataset}: not a .jsonl, .json, .parquet or .csv file")
+        raw = datasets.load_dataset(builders[suffix], data_files=[str(f) for f in files], split="train",
+                                    cache_dir=cache_dir, **local_kwargs)
+    else:
+        raw = datasets.load_dataset(path, name, split=split, cache_dir=cache_dir, **local_kwargs)
 
     stats = stats if stats is not None else Counter()
     rows = []

@@ -13,6 +13,7 @@ from .config import ConfigError
 
 # Stages whose folder holds a model, latest first: a run folder given as a model means its most trained model.
 MODEL_STAGES = ("rlhf", "grpo", "sft", "pretrain")
+MODEL_FILES = ("config.json", "adapter_config.json")  # a model folder, or a peft adapter folder
 GLOB_CHARS = set("*?[")
 
 
@@ -30,10 +31,10 @@ def resolve_model(ref: str) -> str:
     """A model reference -> a folder or a Hub id. A run folder resolves to its latest finished model stage."""
     path = Path(ref).expanduser()
     if path.is_dir():
-        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        if any((path / f).is_file() for f in MODEL_FILES):
             return str(path)
-        for stage in MODEL_STAGES:
-            if is_complete(path / stage) and (path / stage / "config.json").is_file():
+        for stage in MODEL_STAGES:  # a stage folder holds a model (config.json) or a peft adapter (adapter_config.json)
+            if is_complete(path / stage) and any((path / stage / f).is_file() for f in MODEL_FILES):
                 return str(path / stage)
         raise ConfigError(f"{ref}: folder holds no model (no config.json, no finished {'/'.join(MODEL_STAGES)} stage)")
     if is_hub_id(ref) and not path.exists():

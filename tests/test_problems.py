@@ -16,6 +16,7 @@ import pytest
 
 from hf_pipeline.problems import (
     SYSTEM_PROMPT, TEMPLATES, generate_problems, load_gsm8k, make_prompt, problem_split,
+    worked_problem_conversations,
 )
 from hf_pipeline.rewards import ANSWER_PREFIX, correctness_reward, format_reward
 
@@ -156,6 +157,23 @@ def test_templates_filter_and_bad_arguments():
         generate_problems(5, split="validation")
     with pytest.raises(ValueError, match="max_number"):
         generate_problems(5, max_number=1)
+
+
+def test_worked_problem_conversations_match_the_rl_prompts():
+    convs = worked_problem_conversations(40, seed=5, steps=(1, 2), max_number=10)
+    problems = generate_problems(40, seed=5, steps=(1, 2), max_number=10)
+    assert convs.column_names == ["messages"] and len(convs) == 40
+    for messages, row in zip(convs["messages"], problems):
+        # the prompt GRPO sends for the same problem, then the worked solution as the assistant's reply
+        assert messages[:-1] == row["prompt"]
+        assert messages[-1] == {"role": "assistant", "content": row["solution"]}
+        assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert convs.to_list() == worked_problem_conversations(40, seed=5, steps=(1, 2), max_number=10).to_list()
+    # train split by default: no question of the held-out problems the GRPO stage measures on
+    test_questions = set(generate_problems(200, seed=5, split="test", steps=(1, 2), max_number=10)["question"])
+    assert not {m[1]["content"] for m in convs["messages"]} & test_questions
+    suffix = worked_problem_conversations(3, seed=0, instruction="suffix")
+    assert [m["role"] for m in suffix[0]["messages"]] == ["user", "assistant"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
