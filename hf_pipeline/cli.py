@@ -57,7 +57,7 @@ def check_inputs(config, planned: tuple[str, ...] = ()) -> None:
     if config.stage in PREVIOUS_MODEL_STAGE:
         for source in config.datasets if config.stage == "sft" else []:
             check_dataset_ref(source.path, config.mirror, what="sft.datasets")
-        if config.stage == "sft" and not config.datasets and not config.identity_data:
+        if config.stage == "sft" and not (config.datasets or config.identity_data or config.worked_problems):
             raise ConfigError("sft.datasets: no conversation sources given")
         for field in ("identity_data", "mmlu"):
             if getattr(config, field, None):

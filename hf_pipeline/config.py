@@ -168,7 +168,8 @@ class PretrainConfig(SharedConfig):
     weight_decay: float = _help("AdamW weight decay.", default=0.1)
     adam_beta2: float = _help("AdamW beta2.", default=0.95)
     max_grad_norm: float = _help("Gradient clipping.", default=1.0)
-    bf16: bool = _help("Mixed precision in bfloat16 (AMX on CPU, tensor cores on GPU).", default=True)
+    bf16: bool = _help("Mixed precision in bfloat16 where the hardware has it (GPU; CPU with AMX or AVX512-BF16: "
+                       "elsewhere float32, with a warning).", default=True)
     torch_compile: bool = _help("Compile the model with torch.compile.", default=False)
     # Bookkeeping
     eval_steps: int = _help("Evaluate held-out loss and bits per byte every N steps.", default=100)
@@ -296,7 +297,7 @@ def _as_dataset_sources(items) -> list[DatasetSource]:
 
 @dataclass
 class PostTrainingConfig(SharedConfig):
-    """Fields the post-training stages (sft, grpo) share: the starting model, training loop, LoRA."""
+    """Fields the post-training stages (sft, grpo) share: the starting model, training loop, LoRA, problem dial."""
 
     model: Optional[str] = _help(
         "Starting model: a model folder, a run folder (its latest model stage) or a Hub id (default: the previous "
@@ -311,7 +312,7 @@ class PostTrainingConfig(SharedConfig):
     max_steps: int = _help("Optimizer steps; -1 trains for num_epochs.", default=-1)
     num_epochs: float = _help("Passes over the training set when max_steps is -1.", default=1.0)
     max_grad_norm: float = _help("Gradient clipping.", default=1.0)
-    bf16: bool = _help("Mixed precision in bfloat16.", default=True)
+    bf16: bool = _help("Mixed precision in bfloat16 where the hardware has it (as pretrain.bf16).", default=True)
     logging_steps: int = _help("Log every N steps.", default=10)
     eval_steps: int = _help("Evaluate held-out loss every N steps (0: only at the end).", default=0)
     save_steps: int = _help("Checkpoint every N steps (resume picks up the last one).", default=100)
@@ -326,6 +327,26 @@ class PostTrainingConfig(SharedConfig):
                                            default_factory=lambda: ["all-linear"])
     merge_lora: bool = _help("Also write the adapter merged into the base model (a plain model folder).",
                              default=False)
+    # The dial of generated arithmetic word problems (hf_pipeline/problems.py): SFT's worked problems and GRPO's
+    # practice problems come from the same generator; a recipe sets both alike (a YAML anchor).
+    problem_min_steps: int = _help("Generated problems: fewest arithmetic steps.", default=1)
+    problem_max_steps: int = _help("Generated problems: most arithmetic steps.", default=2)
+    problem_max_number: int = _help("Generated problems: largest number in a question.", default=20)
+    problem_templates: list[str] = _help("Generated problems: templates to draw from (empty: all; names in "
+                                         "hf_pipeline.problems.TEMPLATES).", default_factory=list)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.warmup_ratio < 1:  # passed on as warmup_steps, where 1 or more counts steps
+            raise ConfigError(f"{self.stage}.warmup_ratio: a share of the steps in [0, 1), not {self.warmup_ratio}")
+        if not 1 <= self.problem_min_steps <= self.problem_max_steps:
+            raise ConfigError(f"{self.stage}.problem_min_steps/problem_max_steps: need 1 <= min <= max, not "
+                              f"{self.problem_min_steps}, {self.problem_max_steps}")
+
+    def problem_dial(self) -> dict:
+        """The generator's arguments (``generate_problems``), the seed aside."""
+        return dict(steps=(self.problem_min_steps, self.problem_max_steps), max_number=self.problem_max_number,
+                    templates=self.problem_templates or None)
 
 
 @dataclass
@@ -352,6 +373,11 @@ class SFTStageConfig(PostTrainingConfig):
         "Identity conversations with {{name}}/{{author}} placeholders (none: no identity data).", default=None
     )
     identity_weight: float = _help("Passes over the identity conversations.", default=1.0)
+    worked_problems: int = _help(
+        "Generated arithmetic word problems with worked solutions mixed in (0: none): the prompt the grpo stage "
+        "sends, then intermediate results and '#### N'. Drawn with seed + 1 from the generator's training split: "
+        "another draw than GRPO's practice problems, and never one of its held-out problems.", default=0
+    )
     system_message: Optional[str] = _help(
         "Default system message put before every training conversation and used by chat (none: no system "
         "message). {name} and {author} are filled in.", default=None
@@ -392,11 +418,6 @@ class GRPOStageConfig(PostTrainingConfig):
     problems_split: str = _help("Dataset split the training and held-out problems are drawn from.", default="train")
     num_train_problems: int = _help("Training problems.", default=1000)
     num_test_problems: int = _help("Held-out problems for pass@1 / pass@k.", default=100)
-    problem_min_steps: int = _help("Generated problems: fewest arithmetic steps.", default=1)
-    problem_max_steps: int = _help("Generated problems: most arithmetic steps.", default=2)
-    problem_max_number: int = _help("Generated problems: largest number in a question.", default=20)
-    problem_templates: list[str] = _help("Generated problems: templates to draw from (empty: all; names in "
-                                         "hf_pipeline.problems.TEMPLATES).", default_factory=list)
     # GRPO
     num_generations: int = _help("Group size: completions sampled per problem.", default=8)
     beta: float = _help("KL coefficient against the starting model (0: no reference model).", default=0.0)
@@ -435,9 +456,6 @@ class GRPOStageConfig(PostTrainingConfig):
             raise ConfigError(f"grpo.pass_k: must be >= 1, not {self.pass_k}")
         if self.num_test_problems < 1 or self.num_train_problems < 1:
             raise ConfigError("grpo.num_train_problems / num_test_problems: must be >= 1")
-        if not 1 <= self.problem_min_steps <= self.problem_max_steps:
-            raise ConfigError(f"grpo.problem_min_steps/problem_max_steps: need 1 <= min <= max, not "
-                              f"{self.problem_min_steps}, {self.problem_max_steps}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ConfigError(f"grpo.scale_rewards: group, batch or none, not {self.scale_rewards!r}")
 

@@ -51,8 +51,7 @@ def load_problems(config: GRPOStageConfig):
     from .problems import GSM8K_CONFIG, GSM8K_ID, generate_problems, load_gsm8k
 
     if config.problems == "generated":
-        dial = dict(seed=config.seed, steps=(config.problem_min_steps, config.problem_max_steps),
-                    max_number=config.problem_max_number, templates=config.problem_templates or None)
+        dial = dict(seed=config.seed, **config.problem_dial())
         return (generate_problems(config.num_train_problems, split="train", **dial),
                 generate_problems(config.num_test_problems, split="test", **dial), {})
     stats = Counter()
@@ -106,7 +105,7 @@ def measure(model, tokenizer, problems, config: GRPOStageConfig) -> tuple[dict, 
     from .rewards import is_correct
 
     model.eval()  # trainer.train() leaves the model in training mode
-    prompts, answers, k = problems["prompt"], problems["answer"], config.pass_k
+    prompts, answers, k = list(problems["prompt"]), list(problems["answer"]), config.pass_k
     common = dict(max_new_tokens=config.max_completion_length, batch_size=config.eval_batch_size)
     greedy = generate_replies(model, tokenizer, prompts, temperature=0.0, **common)
     scores = load_metric("gsm8k_accuracy").compute(predictions=[g["reply"] for g in greedy], references=answers)
@@ -155,7 +154,8 @@ def run(config: GRPOStageConfig) -> Path:
     import transformers
     from trl import GRPOConfig, GRPOTrainer
 
-    from .chat import CHAT_CONFIG
+    from .chat import CHAT_CONFIG, stop_token_ids
+    from .model import resolve_bf16
     from .pretrain import last_complete_checkpoint
     from .rewards import build_rewards
 
@@ -191,6 +191,8 @@ def run(config: GRPOStageConfig) -> Path:
         # rollouts: batch_size completions per micro-step, num_generations of them per problem
         num_generations=config.num_generations, max_completion_length=config.max_completion_length,
         temperature=config.temperature, top_k=0, top_p=1.0, use_vllm=config.use_vllm, vllm_mode="colocate",
+        # vLLM reads the stop tokens from the base model's folder, whose EOS may be <|endoftext|>: name <|im_end|>
+        generation_kwargs={"stop_token_ids": stop_token_ids(model, tokenizer)} if config.use_vllm else None,
         # the objective
         beta=config.beta, loss_type=config.loss_type, scale_rewards=config.scale_rewards,
         num_iterations=config.num_iterations, reward_weights=reward_weights, disable_dropout=True,
@@ -198,8 +200,9 @@ def run(config: GRPOStageConfig) -> Path:
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-        max_steps=config.max_steps, num_train_epochs=config.num_epochs, bf16=config.bf16, use_cpu=on_cpu,
-        gradient_checkpointing=False,
+        max_steps=config.max_steps, num_train_epochs=config.num_epochs,
+        bf16=resolve_bf16(config.bf16, on_cpu, "grpo"), use_cpu=on_cpu,
+        activation_checkpointing=False,  # small models: recomputing costs more than it saves
         # bookkeeping
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         seed=config.seed, data_seed=config.seed, report_to="none", log_completions=False,
@@ -258,7 +261,8 @@ def run(config: GRPOStageConfig) -> Path:
         "beta": config.beta, "loss_type": config.loss_type, "learning_rate": config.learning_rate,
         "train_loss": result.training_loss, "steps": trainer.state.global_step, "use_lora": config.use_lora,
         "trainable_params": trainable, "num_params": total, "start_model": model_path, "resumed_from": resume_from,
-        "train_seconds": train_seconds, "device": str(trainer.args.device), "wall_time_s": round(time.time() - start, 2),
+        "train_seconds": train_seconds, "device": str(trainer.args.device), "bf16": trainer.args.bf16,
+        "wall_time_s": round(time.time() - start, 2),
     }
     write_json(work / "metrics.json", metrics)
     write_json(work / "samples.json", {"before": base["samples"], "after": samples})

@@ -10,9 +10,13 @@ It is a plain ``LlamaForCausalLM``: ``save_pretrained`` writes a folder that ``A
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 from .config import ConfigError
+
+logger = logging.getLogger("hf_pipeline")
 
 
 def model_config(depth: int, vocab_size: int, seq_len: int, aspect_ratio: int = 64, head_dim: int = 64, **token_ids):
@@ -66,3 +70,38 @@ def flops_per_token(config) -> float:
     mlp = 3 * h * config.intermediate_size
     matmul_params = L * (attn_proj + mlp) + config.vocab_size * h  # lm_head; the embedding lookup is free
     return 6 * matmul_params + 12 * L * h * s / 2  # causal attention: half of the score matrix on average
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices at least as fast as float32 (AMX, AVX512-BF16).
+
+    Measured, not guessed from flags: on an AVX2-only CPU PyTorch emulates bf16 matmuls, ~100x slower than fp32;
+    with AMX they run several times faster. The margin is so wide that one small timed matmul of each decides.
+    """
+    import time
+
+    import torch
+
+    def seconds(dtype) -> float:
+        a, b = torch.randn(128, 128, dtype=dtype), torch.randn(128, 128, dtype=dtype)
+        a @ b  # warm-up
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        return time.perf_counter() - start
+
+    return seconds(torch.bfloat16) <= seconds(torch.float32)
+
+
+def resolve_bf16(requested: bool, on_cpu: bool, stage: str) -> bool:
+    """``bf16`` as the trainer should get it: bf16 where asked and the hardware has it, else fp32 with a warning.
+
+    On a GPU the request stands (the Trainer checks support). On a CPU without fast bf16 matmuls a bf16 run would be
+    ~100x slower than fp32, so the stage trains in fp32 and says so.
+    """
+    if not (requested and on_cpu) or cpu_has_fast_bf16():
+        return requested
+    logger.warning("%s: this CPU has no fast bf16 matmuls (no AMX or AVX512-BF16: bf16 would be emulated, ~100x "
+                   "slower); training in float32 instead", stage)
+    return False

@@ -135,6 +135,8 @@ def training_arguments(config: PretrainConfig, checkpoint_dir: Path, learning_ra
     import torch
     from transformers import TrainingArguments
 
+    from .model import resolve_bf16
+
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
     return TrainingArguments(
@@ -152,8 +154,8 @@ def training_arguments(config: PretrainConfig, checkpoint_dir: Path, learning_ra
         max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps,
         num_train_epochs=config.num_epochs,
-        bf16=config.bf16,
-        use_cpu=on_cpu,  # bf16 on CPU runs through autocast on AMX
+        bf16=resolve_bf16(config.bf16, on_cpu, "pretrain"),  # on CPU: autocast, where AMX makes it fast
+        use_cpu=on_cpu,
         torch_compile=config.torch_compile,
         eval_strategy="steps",
         eval_steps=config.eval_steps,
@@ -259,6 +261,7 @@ def run(config: PretrainConfig) -> Path:
         "learning_rate": lr,
         "resumed_from": resume_from,
         "device": str(trainer.args.device),
+        "bf16": trainer.args.bf16,
         "wall_time_s": round(time.time() - start, 2),
     }
     write_json(work / "metrics.json", metrics)

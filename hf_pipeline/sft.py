@@ -1,7 +1,8 @@
 """SFT stage: a base model becomes an assistant, with TRL's ``SFTTrainer`` on a mixture of conversations.
 
     conversation sources (weighted mixture, hf_pipeline/conversations.py) -> held-out split
-    + identity conversations ({{name}}/{{author}} filled) + the default system message
+    + identity conversations ({{name}}/{{author}} filled) + generated worked problems (problems.py)
+    + the default system message
     -> base model measured (held-out loss, stop rate, identity, MMLU)
     -> SFTTrainer: chat template, loss on the assistant's tokens only, <|im_end|> as the end of a turn;
        all weights, or a peft LoRA adapter
@@ -77,6 +78,11 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
         parts.append(train)
     else:
         heldout = None
+    if config.worked_problems:  # worked examples: the RL stage's prompt, then a solution spread over tokens
+        from .problems import worked_problem_conversations
+
+        parts.append(worked_problem_conversations(config.worked_problems, seed=config.seed + 1,
+                                                  **config.problem_dial()))
     n_identity = 0
     if config.identity_data:
         identity, id_stats = mix_conversations(
@@ -97,6 +103,7 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
             too_long, heldout = too_long + held_too_long, heldout if len(heldout) else None
         stats["skipped"]["too_long"] = too_long
     stats["identity_conversations"] = n_identity
+    stats["worked_problems"] = config.worked_problems
     return train, heldout, stats
 
 
@@ -197,6 +204,7 @@ def run(config: SFTStageConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from .model import resolve_bf16
     from .pretrain import last_complete_checkpoint
     from .refs import resolve_model
 
@@ -212,8 +220,9 @@ def run(config: SFTStageConfig) -> Path:
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"sft.model: {model_path} has no chat template in its tokenizer")
     train, heldout, stats = build_conversations(config, tokenizer)
-    logger.info("sft: %d training conversations (%d identity), %d held out; skipped: %s", len(train),
-                stats["identity_conversations"], len(heldout) if heldout is not None else 0,
+    logger.info("sft: %d training conversations (%d identity, %d worked problems), %d held out; skipped: %s",
+                len(train), stats["identity_conversations"], stats["worked_problems"],
+                len(heldout) if heldout is not None else 0,
                 dict(stats["skipped"]) or "none")
     transformers.set_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -234,7 +243,8 @@ def run(config: SFTStageConfig) -> Path:
         lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm, max_steps=config.max_steps, num_train_epochs=config.num_epochs,
         train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding
-        bf16=config.bf16, use_cpu=on_cpu, activation_checkpointing=False,  # small models: recompute costs more
+        bf16=resolve_bf16(config.bf16, on_cpu, "sft"), use_cpu=on_cpu,
+        activation_checkpointing=False,  # small models: recomputing costs more than it saves
         # bookkeeping
         eval_strategy="steps" if config.eval_steps and heldout is not None else "no",
         eval_steps=config.eval_steps or None,
@@ -292,11 +302,12 @@ def run(config: SFTStageConfig) -> Path:
         **{k: v for k, v in after.items() if k != "heldout_loss"},
         "identity_data": bool(config.identity_data), "system_message": system_message(config),
         "train_conversations": len(train), "identity_conversations": stats["identity_conversations"],
+        "worked_problems": stats["worked_problems"],
         "heldout_conversations": len(heldout) if heldout is not None else 0,
         **{f"skipped_{reason}": n for reason, n in sorted(stats["skipped"].items())},
         "train_loss": result.training_loss, "steps": trainer.state.global_step, "use_lora": config.use_lora,
         "trainable_params": trainable, "num_params": total, "resumed_from": resume_from,
-        "train_seconds": train_seconds, "device": str(trainer.args.device),
+        "train_seconds": train_seconds, "device": str(trainer.args.device), "bf16": trainer.args.bf16,
         "wall_time_s": round(time.time() - start, 2),
     }
     write_json(work / "metrics.json", metrics)

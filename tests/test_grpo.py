@@ -166,6 +166,8 @@ def test_bad_problem_rows_skipped_and_counted(tiny_run, tmp_path):
 def test_bad_grpo_settings_fail_with_one_line(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="multiple of num_generations"):
         build_config("grpo", ["--batch_size", "6", "--num_generations", "4"])
+    with pytest.raises(ConfigError, match=r"grpo.warmup_ratio: a share of the steps in \[0, 1\), not 5.0"):
+        build_config("grpo", ["--warmup_ratio", "5"])
     with pytest.raises(ConfigError, match="num_generations: must be >= 2"):
         build_config("grpo", ["--batch_size", "8", "--num_generations", "1"])
     with pytest.raises(ConfigError, match="grpo.problems"):

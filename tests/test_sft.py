@@ -216,3 +216,30 @@ def test_identity_and_system_message_switch_off_from_the_command_line(tmp_path):
     assert on.identity_data == str(IDENTITY) and sft.system_message(on) == "You are Tiny."
     off = build_config("sft", ["--config", str(recipe), "--identity_data", "null", "--system_message", "none"])
     assert off.identity_data is None and off.system_message is None and sft.system_message(off) is None
+
+
+def test_worked_problems_mixed_in_with_the_rl_prompt_and_no_held_out_problem(tmp_path):
+    """`worked_problems: N` adds N generated worked solutions: GRPO's prompt (its own system message kept), the
+    solution as the reply; drawn apart from GRPO's practice problems and never one of its held-out problems."""
+    from hf_pipeline.problems import SYSTEM_PROMPT, generate_problems
+
+    dial = dict(problem_max_steps=2, problem_max_number=10)
+    config = sft_config(tmp_path, None, [], identity_data=None, system_message="You are {name}.",
+                        worked_problems=30, **dial)
+    train, heldout, stats = sft.build_conversations(config)
+    assert len(train) == 30 and heldout is None and stats["worked_problems"] == 30
+    for conv in train["messages"]:
+        assert [m["role"] for m in conv] == ["system", "user", "assistant"]
+        assert conv[0]["content"] == SYSTEM_PROMPT  # the default system message does not replace the RL one
+        assert conv[2]["content"].splitlines()[-1].startswith("#### ")
+    questions = {conv[1]["content"] for conv in train["messages"]}
+    held_out = set(generate_problems(100, seed=0, split="test", steps=(1, 2), max_number=10)["question"])
+    assert not questions & held_out
+    practice = generate_problems(30, seed=0, split="train", steps=(1, 2), max_number=10)["question"]
+    assert questions != set(practice)  # another draw (seed + 1) than the grpo stage's practice problems
+    # the only source is enough for the CLI's input check
+    from hf_pipeline.cli import check_inputs
+
+    check_inputs(config, planned=("pretrain",))
+    with pytest.raises(Exception, match="no conversation sources"):
+        check_inputs(sft_config(tmp_path, None, [], identity_data=None), planned=("pretrain",))
