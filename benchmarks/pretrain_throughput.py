@@ -4,7 +4,8 @@
 
 The bare loop is nanoGPT-style: AdamW, autocast to bf16, gradient clipping and a cosine schedule, no Trainer.
 Both train the same freshly initialised model on the same random token windows; the first ``--warmup`` steps are
-not timed. MFU is model FLOPs per second over the bf16 matmul ceiling measured on this machine in the same run.
+not timed. MFU is model FLOPs per second over the matmul ceiling measured on this machine in the same run. Both
+loops use bf16 only where the hardware has it (a GPU, a CPU with AMX/AVX512-BF16), as the stage does; else fp32.
 Last line: ``tokens_per_s ours=<x> bare=<y> ratio=<x/y> mfu=<m>``.
 """
 
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_pipeline.config import PretrainConfig  # noqa: E402
-from hf_pipeline.model import build_model, flops_per_token, model_config  # noqa: E402
+from hf_pipeline.model import build_model, cpu_has_fast_bf16, flops_per_token, model_config  # noqa: E402
 
 
 def matmul_ceiling(device: str, dtype=torch.bfloat16, n: int = 2048, seconds: float = 2.0) -> float:
@@ -67,7 +68,7 @@ def ours(cfg, args, windows, device) -> float:
 
     config = PretrainConfig(
         depth=args.depth, seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-        eval_steps=10**9, save_steps=10**9, logging_steps=10**9, bf16=True, seed=0,
+        eval_steps=10**9, save_steps=10**9, logging_steps=10**9, bf16=args.bf16, seed=0,
     )
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -86,7 +87,7 @@ def ours(cfg, args, windows, device) -> float:
 
 
 def bare(cfg, args, windows, device) -> float:
-    """Tokens/s of a bare loop: AdamW + autocast(bf16) + clipping + cosine LR, nothing else."""
+    """Tokens/s of a bare loop: AdamW + autocast(bf16 where fast) + clipping + cosine LR, nothing else."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -102,7 +103,7 @@ def bare(cfg, args, windows, device) -> float:
             start = time.perf_counter()
         idx = torch.randint(0, len(data), (args.batch_size,))
         x = data[idx].to(device)
-        with torch.autocast(device_type, dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=args.bf16):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -127,8 +128,11 @@ def main() -> None:
     windows = random_windows(args.batch_size * (args.warmup + args.steps), args.seq_len, args.vocab_size)
     print(f"device={device} threads={torch.get_num_threads()} depth={args.depth} width={cfg.hidden_size} "
           f"seq_len={args.seq_len} batch={args.batch_size} steps={args.steps}")
-    ceiling = matmul_ceiling(device)
-    print(f"bf16 matmul ceiling: {ceiling / 1e12:.2f} TFLOP/s")
+    # both loops in bf16 where the hardware has it, as the stage does (hf_pipeline.model.resolve_bf16), else fp32
+    args.bf16 = device == "cuda" or cpu_has_fast_bf16()
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    ceiling = matmul_ceiling(device, dtype)
+    print(f"{'bf16' if args.bf16 else 'fp32'} matmul ceiling: {ceiling / 1e12:.2f} TFLOP/s")
     bare_tps = bare(cfg, args, windows, device)
     print(f"bare loop: {bare_tps:,.0f} tokens/s")
     ours_tps = ours(cfg, args, windows, device)
