@@ -20,6 +20,7 @@ logger = logging.getLogger("hf_pipeline")
 INCOMPLETE_SUFFIX = ".incomplete"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+BASELINE_FILE = "baseline.json"  # a stage's measures of its starting model, kept in RUN/<stage>.incomplete
 
 
 def incomplete_dir(final: Path) -> Path:
@@ -58,6 +59,23 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def measure_once(work: Path, measure) -> dict:
+    """The starting model's measures: ``measure()`` (a ``(metrics, samples)`` pair) as ``{"metrics", "samples"}``,
+    kept in ``work/baseline.json``, so that a resumed run reads what the killed run measured before training."""
+    path = Path(work) / BASELINE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics, samples = measure()
+    base = {"metrics": metrics, "samples": samples}
+    write_json(path, base)
+    return base
+
+
+def format_metrics(metrics: dict) -> str:
+    """``"name 0.1234, other 5"``: a metrics dict on one log line (floats to 4 significant digits)."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
 def read_metrics(stage_dir: str | os.PathLike) -> dict:

@@ -343,6 +343,17 @@ class PostTrainingConfig(SharedConfig):
             raise ConfigError(f"{self.stage}.problem_min_steps/problem_max_steps: need 1 <= min <= max, not "
                               f"{self.problem_min_steps}, {self.problem_max_steps}")
 
+    def lora_config(self, trainable_token_indices: list[int] | None = None):
+        """The ``peft.LoraConfig`` of these fields; ``trainable_token_indices``: tokens whose embeddings train too."""
+        from peft import LoraConfig
+
+        targets = self.lora_target_modules
+        return LoraConfig(
+            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, task_type="CAUSAL_LM",
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+            trainable_token_indices=trainable_token_indices or None,
+        )
+
     def problem_dial(self) -> dict:
         """The generator's arguments (``generate_problems``), the seed aside."""
         return dict(steps=(self.problem_min_steps, self.problem_max_steps), max_number=self.problem_max_number,
@@ -366,6 +377,11 @@ class SFTStageConfig(PostTrainingConfig):
         "truncated reply never shows its <|im_end|>, so it teaches the model not to stop.", default=True
     )
     packing: bool = _help("Pack conversations into full windows.", default=False)
+    languages: list[str] = _help(
+        "Keep only conversations in these languages (ISO codes, e.g. [en]; empty: all), identified by the data "
+        "stage's fastText model; the others are counted as skipped_language.", default_factory=list
+    )
+    language_threshold: float = _help("Language score a kept conversation needs (FineWeb: 0.65).", default=0.65)
     # Knowledge of self
     assistant_name: str = _help("The assistant's name, filled into the identity conversations.", default="Tiny")
     assistant_author: str = _help("Who built it, filled into the identity conversations.", default="hf-pipeline")

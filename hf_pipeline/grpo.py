@@ -30,19 +30,18 @@ A killed run resumes from its last checkpoint in RUN/grpo.incomplete/checkpoints
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
-from .artifacts import begin_stage, finish_stage, incomplete_dir, is_complete, write_json
+from .artifacts import (BASELINE_FILE, begin_stage, finish_stage, format_metrics, incomplete_dir, is_complete,
+                        measure_once, write_json)
 from .config import ConfigError, GRPOStageConfig, save_config
 
 logger = logging.getLogger("hf_pipeline")
 
-BASELINE_FILE = "baseline.json"  # the starting model's measures, kept in RUN/grpo.incomplete for a resumed run
 REFERENCE_DIR = "reference"  # a merged LoRA starting model, saved for TRL to rebuild the KL reference from
 
 
@@ -150,12 +149,11 @@ def plot_reward_curve(log_history: list[dict], path: Path) -> None:
 def run(config: GRPOStageConfig) -> Path:
     """RL on verifiable problems from the starting model, and write RUN/grpo/."""
     import matplotlib  # noqa: F401 - needed for reward_curve.png at the end: fail before training, not after
-    import torch
     import transformers
     from trl import GRPOConfig, GRPOTrainer
 
     from .chat import CHAT_CONFIG, stop_token_ids
-    from .model import resolve_bf16
+    from .model import precision_args
     from .pretrain import last_complete_checkpoint
     from .rewards import build_rewards
 
@@ -176,16 +174,10 @@ def run(config: GRPOStageConfig) -> Path:
     model, tokenizer, model_path = load_policy(config, work)
 
     # 1. The starting model, measured once (a resumed run reads what the killed one measured).
-    if (work / BASELINE_FILE).is_file():
-        base = json.loads((work / BASELINE_FILE).read_text())
-    else:
-        metrics, samples = measure(model, tokenizer, test, config)
-        base = {"metrics": metrics, "samples": samples}
-        write_json(work / BASELINE_FILE, base)
-    logger.info("grpo: before: %s", _summary(base["metrics"]))
+    base = measure_once(work, lambda: measure(model, tokenizer, test, config))
+    logger.info("grpo: before: %s", format_metrics(base["metrics"]))
 
     # 2. GRPO: rollouts, rewards, group-relative advantages, policy-gradient steps.
-    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     args = GRPOConfig(
         output_dir=str(work / "checkpoints"),
         # rollouts: batch_size completions per micro-step, num_generations of them per problem
@@ -201,7 +193,7 @@ def run(config: GRPOStageConfig) -> Path:
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps, num_train_epochs=config.num_epochs,
-        bf16=resolve_bf16(config.bf16, on_cpu, "grpo"), use_cpu=on_cpu,
+        **precision_args(config.bf16, "grpo"),
         activation_checkpointing=False,  # small models: recomputing costs more than it saves
         # bookkeeping
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
@@ -209,7 +201,7 @@ def run(config: GRPOStageConfig) -> Path:
     )
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, processing_class=tokenizer,
-        peft_config=lora_config(config) if config.use_lora else None,
+        peft_config=config.lora_config() if config.use_lora else None,
     )
     model = trainer.model  # the PeftModel with LoRA
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -224,7 +216,7 @@ def run(config: GRPOStageConfig) -> Path:
 
     # 3. The trained model, measured the same way.
     after, samples = measure(model, tokenizer, test, config)
-    logger.info("grpo: after: %s", _summary(after))
+    logger.info("grpo: after: %s", format_metrics(after))
 
     # 4. Save: the model (or adapter) with the tokenizer and the generation config that stops at <|im_end|>.
     trainer.save_model(str(work))
@@ -274,16 +266,3 @@ def run(config: GRPOStageConfig) -> Path:
                 metrics["reward_mean_first"] or 0, metrics["reward_mean_last"] or 0, final)
     return final
 
-
-def lora_config(config: GRPOStageConfig):
-    from peft import LoraConfig
-
-    targets = config.lora_target_modules
-    return LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-    )
-
-
-def _summary(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
+from pathlib import Path
 
 from .config import ConfigError
 
@@ -72,13 +74,22 @@ def flops_per_token(config) -> float:
     return 6 * matmul_params + 12 * L * h * s / 2  # causal attention: half of the score matrix on average
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of the instructions PyTorch uses for bf16
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices at least as fast as float32 (AMX, AVX512-BF16).
 
-    Measured, not guessed from flags: on an AVX2-only CPU PyTorch emulates bf16 matmuls, ~100x slower than fp32;
-    with AMX they run several times faster. The margin is so wide that one small timed matmul of each decides.
+    Without those instructions PyTorch emulates bf16 matmuls, ~100x slower than fp32 (measured on an AVX2-only EPYC);
+    with AMX they run several times faster. Linux lists the instructions in /proc/cpuinfo; elsewhere one small
+    matmul of each type is timed, best of several runs so that another busy process cannot tip the balance.
     """
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = set(re.findall(r"\w+", " ".join(line for line in cpuinfo.read_text().splitlines()
+                                               if line.startswith("flags"))))
+        return any(flag in flags for flag in BF16_CPU_FLAGS)
     import time
 
     import torch
@@ -86,12 +97,23 @@ def cpu_has_fast_bf16() -> bool:
     def seconds(dtype) -> float:
         a, b = torch.randn(128, 128, dtype=dtype), torch.randn(128, 128, dtype=dtype)
         a @ b  # warm-up
-        start = time.perf_counter()
-        for _ in range(3):
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
             a @ b
-        return time.perf_counter() - start
+            runs.append(time.perf_counter() - start)
+        return min(runs)
 
     return seconds(torch.bfloat16) <= seconds(torch.float32)
+
+
+def precision_args(requested_bf16: bool, stage: str) -> dict:
+    """``bf16`` and ``use_cpu`` for a stage's ``TrainingArguments``: the CPU when there is no CUDA or MPS device,
+    bf16 as ``resolve_bf16`` decides."""
+    import torch
+
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return {"bf16": resolve_bf16(requested_bf16, on_cpu, stage), "use_cpu": on_cpu}
 
 
 def resolve_bf16(requested: bool, on_cpu: bool, stage: str) -> bool:

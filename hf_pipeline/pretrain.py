@@ -132,12 +132,9 @@ def _trainer_class():
 
 
 def training_arguments(config: PretrainConfig, checkpoint_dir: Path, learning_rate: float):
-    import torch
     from transformers import TrainingArguments
 
-    from .model import resolve_bf16
-
-    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    from .model import precision_args
 
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -154,8 +151,7 @@ def training_arguments(config: PretrainConfig, checkpoint_dir: Path, learning_ra
         max_grad_norm=config.max_grad_norm,
         max_steps=config.max_steps,
         num_train_epochs=config.num_epochs,
-        bf16=resolve_bf16(config.bf16, on_cpu, "pretrain"),  # on CPU: autocast, where AMX makes it fast
-        use_cpu=on_cpu,
+        **precision_args(config.bf16, "pretrain"),  # bf16 where the hardware has it (on CPU: AMX), else fp32
         torch_compile=config.torch_compile,
         eval_strategy="steps",
         eval_steps=config.eval_steps,

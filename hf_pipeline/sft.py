@@ -31,12 +31,12 @@ A killed run resumes from its last checkpoint in RUN/sft.incomplete/checkpoints/
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-from .artifacts import begin_stage, finish_stage, incomplete_dir, is_complete, write_json
+from .artifacts import (BASELINE_FILE, begin_stage, finish_stage, format_metrics, incomplete_dir, is_complete,
+                        measure_once, write_json)
 from .chat import CHAT_CONFIG, generate_replies, render
 from .config import ConfigError, SFTStageConfig, save_config
 from .tokenizer import IM_END, IM_SEP, IM_START
@@ -54,7 +54,6 @@ IDENTITY_QUESTIONS = [
     ("Which team built you?", "author"), ("Who is your creator?", "author"), ("Who trained you?", "author"),
     ("Who are your developers?", "author"), ("Where do you come from? Who made you?", "author"),
 ]
-BASELINE_FILE = "baseline.json"  # the starting model's measures, kept in RUN/sft.incomplete for a resumed run
 
 
 def build_conversations(config: SFTStageConfig, tokenizer=None):
@@ -65,9 +64,10 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
     from .conversations import PLACEHOLDER, add_system_message, fill_placeholders, mix_conversations, split_heldout
 
     name, author = config.assistant_name, config.assistant_author
+    languages = dict(languages=config.languages, language_threshold=config.language_threshold)
     parts, stats = [], {"skipped": {}, "sources": []}
     if config.datasets:
-        mixture, stats = mix_conversations(config.datasets, config.mirror, config.seed)
+        mixture, stats = mix_conversations(config.datasets, config.mirror, config.seed, **languages)
         has_placeholder = [any(PLACEHOLDER.search(m["content"]) for m in conv) for conv in mixture["messages"]]
         if config.identity_data:
             mixture = fill_placeholders(mixture, name, author)
@@ -86,7 +86,7 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
     n_identity = 0
     if config.identity_data:
         identity, id_stats = mix_conversations(
-            [{"path": config.identity_data, "weight": config.identity_weight}], config.mirror, config.seed
+            [{"path": config.identity_data, "weight": config.identity_weight}], config.mirror, config.seed, **languages
         )
         parts.append(fill_placeholders(identity, name, author))
         n_identity = len(identity)
@@ -184,17 +184,9 @@ def measure(model, tokenizer, trainer, heldout, config: SFTStageConfig) -> tuple
     return metrics, samples
 
 
-def lora_config(config: SFTStageConfig, tokenizer):
-    from peft import LoraConfig
-
-    targets = config.lora_target_modules
-    protocol = [tokenizer.convert_tokens_to_ids(t) for t in (IM_START, IM_SEP, IM_END) if t in tokenizer.get_vocab()]
-    return LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        # the protocol tokens' input embeddings are trained too: a base model has never seen them
-        trainable_token_indices=protocol or None,
-    )
+def protocol_token_ids(tokenizer) -> list[int]:
+    """The chat protocol's tokens: with LoRA their input embeddings train too, as a base model has never seen them."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in (IM_START, IM_SEP, IM_END) if t in tokenizer.get_vocab()]
 
 
 def run(config: SFTStageConfig) -> Path:
@@ -204,7 +196,7 @@ def run(config: SFTStageConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from .model import resolve_bf16
+    from .model import precision_args
     from .pretrain import last_complete_checkpoint
     from .refs import resolve_model
 
@@ -230,7 +222,6 @@ def run(config: SFTStageConfig) -> Path:
     resume_from = last_complete_checkpoint(incomplete_dir(final) / "checkpoints") if config.resume else None
     work = begin_stage(final, keep_partial=resume_from is not None)
     save_config(config, work / "config.yaml")
-    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     args = SFTConfig(
         output_dir=str(work / "checkpoints"),
         # data: the chat template renders each conversation; loss on the assistant's tokens; <|im_end|> ends a turn
@@ -243,7 +234,7 @@ def run(config: SFTStageConfig) -> Path:
         lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm, max_steps=config.max_steps, num_train_epochs=config.num_epochs,
         train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding
-        bf16=resolve_bf16(config.bf16, on_cpu, "sft"), use_cpu=on_cpu,
+        **precision_args(config.bf16, "sft"),
         activation_checkpointing=False,  # small models: recomputing costs more than it saves
         # bookkeeping
         eval_strategy="steps" if config.eval_steps and heldout is not None else "no",
@@ -253,7 +244,7 @@ def run(config: SFTStageConfig) -> Path:
     )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=heldout, processing_class=tokenizer,
-        peft_config=lora_config(config, tokenizer) if config.use_lora else None,
+        peft_config=config.lora_config(protocol_token_ids(tokenizer)) if config.use_lora else None,
     )
     model = trainer.model  # the PeftModel with LoRA
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -262,12 +253,8 @@ def run(config: SFTStageConfig) -> Path:
                 trainable / 1e6, total / 1e6)
 
     # 1. The starting model, measured once (a resumed run reads what the killed one measured).
-    if (work / BASELINE_FILE).is_file():
-        base = json.loads((work / BASELINE_FILE).read_text())
-    else:
-        base = dict(zip(("metrics", "samples"), measure(model, tokenizer, trainer, heldout, config)))
-        write_json(work / BASELINE_FILE, base)
-    logger.info("sft: before: %s", _summary(base["metrics"]))
+    base = measure_once(work, lambda: measure(model, tokenizer, trainer, heldout, config))
+    logger.info("sft: before: %s", format_metrics(base["metrics"]))
 
     # 2. Train.
     if resume_from:
@@ -277,7 +264,7 @@ def run(config: SFTStageConfig) -> Path:
 
     # 3. The assistant, measured the same way.
     after, samples = measure(model, tokenizer, trainer, heldout, config)
-    logger.info("sft: after: %s", _summary(after))
+    logger.info("sft: after: %s", format_metrics(after))
 
     # 4. Save: the model (or adapter) with the tokenizer (EOS now <|im_end|>), generation config and chat defaults.
     trainer.save_model(str(work))
@@ -318,14 +305,8 @@ def run(config: SFTStageConfig) -> Path:
         before = metrics.get(f"{name}_before", metrics.get(f"{name}_base"))
         now = metrics.get(f"{name}_after", metrics.get(name))
         if now is not None:
-            logger.info("sft: %-18s %s -> %s", name, _fmt(before), _fmt(now))
+            shown = (f"{v:.4g}" if isinstance(v, float) else v for v in (before, now))
+            logger.info("sft: %-18s %s -> %s", name, *shown)
     logger.info("sft: %d steps in %.0f s -> %s", metrics["steps"], train_seconds or 0, final)
     return final
 
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _summary(metrics: dict) -> str:
-    return ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())

@@ -14,6 +14,7 @@ from hf_pipeline.config import ConfigError
 from hf_pipeline.conversations import (
     add_system_message,
     fill_placeholders,
+    filter_languages,
     load_conversations,
     mix_conversations,
     split_heldout,
@@ -339,6 +340,27 @@ def test_mixture_weights_repeat_and_subsample():
     again, _ = mix_conversations(sources, mirror=str(MIRROR), seed=0)
     other, _ = mix_conversations(sources, mirror=str(MIRROR), seed=1)
     assert again["messages"][:50] == mixture["messages"][:50] != other["messages"][:50]
+
+
+def test_language_filter_keeps_the_english_rows_of_the_real_identity_file():
+    """identity.json: 16 English rows, 75 Chinese; the data stage's fastText model tells them apart."""
+    identity = load_conversations(str(IDENTITY))
+    english, dropped = filter_languages(identity, ["en"])
+    assert (len(english), dropped) == (16, 75)
+    assert all(conv[0]["content"].isascii() for conv in english["messages"])
+    chinese, _ = filter_languages(identity, ["zh"])
+    assert len(chinese) == 75 and not any(conv[0]["content"].isascii() for conv in chinese["messages"])
+    assert filter_languages(identity, []) == (identity, 0)  # no languages: everything kept
+
+
+def test_mixture_language_filter_counts_before_the_weight():
+    sources = [{"path": str(IDENTITY), "weight": 3.0}, {"path": str(ALPACA)}]
+    mixture, stats = mix_conversations(sources, mirror=None, seed=0, languages=["en"])
+    identity_stats, alpaca_stats = stats["sources"]
+    assert identity_stats["skipped"]["language"] == 75 and identity_stats["mixed"] == 3 * 16
+    assert alpaca_stats["skipped"]["language"] == 999 - alpaca_stats["conversations"] > 0
+    assert stats["skipped"]["language"] == 75 + alpaca_stats["skipped"]["language"]
+    assert len(mixture) == 48 + alpaca_stats["conversations"]
 
 
 def test_split_heldout_keeps_copies_together():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from datatrove.data import Document
 
 from conftest import ROOT, SHARED_DATA

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaF
 
 from conftest import ROOT, SHAKESPEARE, run_cli
 from hf_pipeline.generate import generate, load, longest_verbatim_match
-from hf_pipeline.model import default_learning_rate, model_config
+from hf_pipeline.model import BF16_CPU_FLAGS, cpu_has_fast_bf16, default_learning_rate, model_config, precision_args
 
 
 def test_loss_falls_and_bits_per_byte_is_reported(tiny_run):
@@ -52,6 +52,19 @@ def test_depth_is_the_one_dial():
     assert (big.hidden_size, big.num_attention_heads) == (512, 8)
     assert big.intermediate_size % 64 == 0 and big.intermediate_size >= 8 / 3 * 512
     assert default_learning_rate(big.hidden_size) < default_learning_rate(small.hidden_size)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path")
+def test_bf16_only_where_the_cpu_has_bf16_matmuls(caplog):
+    """bf16 is requested by default; on a CPU without AMX/AVX512-BF16 (emulated bf16, ~100x slower) the stage says so
+    and trains in fp32. The decision follows the CPU's flags, not a timing that a busy neighbour could flip."""
+    flags = open("/proc/cpuinfo").read().split()
+    assert cpu_has_fast_bf16() == any(flag in flags for flag in BF16_CPU_FLAGS)
+    with caplog.at_level("WARNING", logger="hf_pipeline"):
+        args = precision_args(True, "sft")
+    assert args == {"bf16": cpu_has_fast_bf16(), "use_cpu": True}
+    assert ("training in float32 instead" in caplog.text) == (not cpu_has_fast_bf16())
+    assert precision_args(False, "sft") == {"bf16": False, "use_cpu": True}
 
 
 def test_sampling_is_seeded_and_greedy_is_deterministic(tiny_run):

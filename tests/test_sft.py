@@ -179,6 +179,20 @@ def test_identity_placeholders_filled_or_dropped(tmp_path):
     assert all(conv[0] == {"role": "system", "content": "You are Wren, by Acme Labs."} for conv in train["messages"])
 
 
+def test_languages_keep_english_conversations_and_count_the_rest(tmp_path):
+    datasets = [{"path": str(CONVERSATIONS / "v1_sft_demo.jsonl")}]
+    config = sft_config(tmp_path, "unused", datasets, identity_data=str(IDENTITY), identity_weight=2,
+                        languages=["en"], system_message=None)
+    train, heldout, stats = sft.build_conversations(config)
+    everything = list(train["messages"]) + list(heldout["messages"])
+    assert stats["identity_conversations"] == 2 * 16  # the identity file's 16 English rows, twice
+    assert stats["sources"][0]["skipped"]["language"] == 42  # v1_sft_demo: 458 of 500 rows are English
+    assert stats["skipped"]["language"] == 75 + 42
+    assert 32 + 450 < len(everything) <= 32 + 458  # held-out copies of a duplicated row are kept once
+    cjk = [conv for conv in everything if any("\u4e00" <= c <= "\u9fff" for m in conv for c in m["content"])]
+    assert not cjk
+
+
 def test_identity_questions_are_not_in_the_identity_data():
     def norm(text):
         return "".join(c for c in text.lower() if c.isalnum())
