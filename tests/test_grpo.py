@@ -4,13 +4,16 @@ the reward curve, LoRA, and a problem file with bad rows skipped and counted."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import MIRROR
+from conftest import MIRROR, ROOT
 from hf_pipeline import grpo
 from hf_pipeline.cli import check_inputs
 from hf_pipeline.config import ConfigError, GRPOStageConfig, build_config
@@ -174,3 +177,19 @@ def test_bad_grpo_settings_fail_with_one_line(tiny_run, tmp_path):
         check_inputs(build_config("grpo", ["--model", str(tiny_run), "--problems", str(tmp_path / "none.jsonl")]))
     with pytest.raises(ConfigError, match="sft"):  # no model given and no RUN/sft to start from
         check_inputs(build_config("grpo", ["--output_dir", str(tmp_path / "empty")]))
+
+
+def test_problem_headroom_script_reports_accuracy_and_equation_errors(grpo_run):
+    """recipes/problem_headroom.py on the trained model: every held-out reply lands in one error bucket."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "problem_headroom.py"), "--model", str(grpo_run.stage_dir()),
+         "--n", "6", "--max_new_tokens", "16"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = re.fullmatch(r"headroom pass1=([\d.]+) pass8_t05=([\d.]+) pass8_t10=([\d.]+) operands_right=([\d.]+)",
+                        out.stdout.strip().splitlines()[-1])
+    assert last and all(0 <= float(v) <= 1 for v in last.groups())
+    assert out.stdout.count("temperature ") == 2 and out.stdout.startswith("greedy pass@1 ")
+    buckets = [int(line.split()[0]) for line in out.stdout.splitlines() if re.match(r"\s+\d+\s+\S", line)]
+    assert sum(buckets) == 6
