@@ -408,6 +408,8 @@ class SFTStageConfig(PostTrainingConfig):
     def __post_init__(self):
         super().__post_init__()
         self.datasets = _as_dataset_sources(self.datasets)
+        if not 0 <= self.language_threshold < 1:
+            raise ConfigError(f"sft.language_threshold: a language score in [0, 1), not {self.language_threshold}")
         for name in ("model", "identity_data", "system_message", "mmlu"):  # `--identity_data null` switches it off
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):

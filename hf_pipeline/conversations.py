@@ -449,6 +449,10 @@ def filter_languages(dataset, languages: list[str], threshold: float = 0.65):
     from .data.lid import BundledFastTextLID
 
     lid = BundledFastTextLID(languages)
+    known = {label.split("__")[2] for label in lid.model.predict("", k=-1)[0]}  # every language the model knows
+    unknown = sorted(set(languages) - known)
+    if unknown:
+        raise ConfigError(f"languages: {unknown} are not language codes of the language-ID model (e.g. en, de, zh)")
 
     def keep(conversation: Conversation) -> bool:
         text = " ".join(m["content"] for m in conversation if m["role"] != "system")

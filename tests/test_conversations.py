@@ -351,6 +351,8 @@ def test_language_filter_keeps_the_english_rows_of_the_real_identity_file():
     chinese, _ = filter_languages(identity, ["zh"])
     assert len(chinese) == 75 and not any(conv[0]["content"].isascii() for conv in chinese["messages"])
     assert filter_languages(identity, []) == (identity, 0)  # no languages: everything kept
+    with pytest.raises(ConfigError, match=r"^languages: \['english'\] are not language codes"):
+        filter_languages(identity, ["en", "english"])
 
 
 def test_mixture_language_filter_counts_before_the_weight():

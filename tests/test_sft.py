@@ -193,6 +193,15 @@ def test_languages_keep_english_conversations_and_count_the_rest(tmp_path):
     assert not cjk
 
 
+def test_bad_language_settings_fail_with_one_line(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("sft:\n  language_threshold: 65\n")
+    result = run_cli("sft", "--config", recipe, "--output_dir", tmp_path / "run")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "hf-pipeline: error: sft.language_threshold: a language score in [0, 1), not 65.0"]
+
+
 def test_identity_questions_are_not_in_the_identity_data():
     def norm(text):
         return "".join(c for c in text.lower() if c.isalnum())
