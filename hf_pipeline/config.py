@@ -453,6 +453,11 @@ class GRPOStageConfig(PostTrainingConfig):
         "Arguments of the length reward (rewards.make_length_penalty), e.g. {target: 200, unit: tokens}.",
         default_factory=dict,
     )
+    freeze_embeddings: bool = _help(
+        "Keep the input embeddings and the LM head fixed (full fine-tuning only). Adam gives every row of the LM "
+        "head a full-size step, even rows of tokens the policy never samples, and at learning rates that move "
+        "the rest of a small model these rows rise into its replies as junk tokens.", default=False
+    )
     use_vllm: bool = _help("Generate rollouts with vLLM (colocated; GPU and `pip install vllm` needed).",
                            default=False)
     # Evaluation

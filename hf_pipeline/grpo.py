@@ -3,7 +3,8 @@
     problems: generated arithmetic word problems (difficulty dial, disjoint train/test) or GSM8K-format rows
     -> held-out problems measured on the starting model (RUN/sft by default): greedy pass@1, pass@k, length
     -> GRPOTrainer: per problem, num_generations completions sampled; each scored by the reward functions
-       (correctness of the final "#### N" answer, format, optional length penalty, weighted); the advantage of a
+       (correctness of the final "#### N" answer, or checked_correctness: right and reached by the reply's own
+       arithmetic; format; optional length penalty; weighted); the advantage of a
        completion is its reward relative to its group; policy-gradient step, optional KL to the starting model
     -> the same measures again -> RUN/grpo/ (a model folder, or a LoRA adapter; merged/ with merge_lora)
 
@@ -19,6 +20,8 @@ chat template; rollouts and evaluations stop at ``<|im_end|>``, which joins the 
 Written to RUN/grpo/metrics.json (flat keys), before and after training:
     pass1_before/after            share of held-out problems solved by the greedy completion (gsm8k_accuracy metric)
     pass1_strict_before/after     the same, counting only answers given on a "#### N" line
+    pass1_checked_before/after    the same, counting only answers the reply's own arithmetic reaches
+                                  (rewards.work_checks): the rest are right by luck
     passk_before/after, k         share of held-out problems solved by at least one of k sampled completions
     sample_accuracy_before/after  share of those k x problems samples that are correct (sampled pass@1)
     mean_completion_tokens_*      mean length of the greedy completions in tokens (stop token excluded)
@@ -101,7 +104,7 @@ def measure(model, tokenizer, problems, config: GRPOStageConfig) -> tuple[dict, 
     """Greedy pass@1 and pass@k (k samples at eval_temperature) on held-out problems, and completion lengths."""
     from .chat import generate_replies
     from .metrics import load_metric
-    from .rewards import is_correct
+    from .rewards import is_correct, work_checks
 
     model.eval()  # trainer.train() leaves the model in training mode
     prompts, answers, k = list(problems["prompt"]), list(problems["answer"]), config.pass_k
@@ -114,6 +117,8 @@ def measure(model, tokenizer, problems, config: GRPOStageConfig) -> tuple[dict, 
     metrics = {
         "pass1": scores["accuracy"],
         "pass1_strict": scores["strict_accuracy"],
+        "pass1_checked": sum(is_correct(g["reply"], a) and work_checks(g["reply"])
+                             for g, a in zip(greedy, answers)) / len(prompts),
         "passk": sum(any(correct[i * k:(i + 1) * k]) for i in range(len(prompts))) / len(prompts),
         "sample_accuracy": sum(correct) / len(correct),
         "mean_completion_tokens": sum(g["tokens"] for g in greedy) / len(greedy),
@@ -199,6 +204,9 @@ def run(config: GRPOStageConfig) -> Path:
         logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         seed=config.seed, data_seed=config.seed, report_to="none", log_completions=False,
     )
+    if config.freeze_embeddings and not config.use_lora:  # LoRA leaves both fixed anyway
+        model.get_input_embeddings().requires_grad_(False)
+        model.get_output_embeddings().requires_grad_(False)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, processing_class=tokenizer,
         peft_config=config.lora_config() if config.use_lora else None,
@@ -260,7 +268,8 @@ def run(config: GRPOStageConfig) -> Path:
     write_json(work / "samples.json", {"before": base["samples"], "after": samples})
     write_json(work / "log_history.json", {"log_history": log_history})
     finish_stage(work, final)
-    for name in ("pass1", "pass1_strict", "passk", "sample_accuracy", "mean_completion_tokens", "stop_rate"):
+    for name in ("pass1", "pass1_strict", "pass1_checked", "passk", "sample_accuracy", "mean_completion_tokens",
+                 "stop_rate"):
         logger.info("grpo: %-22s %.4g -> %.4g", name, metrics[f"{name}_before"], metrics[f"{name}_after"])
     logger.info("grpo: %d steps in %.0f s, reward %.3f -> %.3f -> %s", metrics["steps"], train_seconds or 0,
                 metrics["reward_mean_first"] or 0, metrics["reward_mean_last"] or 0, final)

@@ -22,7 +22,9 @@ Reward functions
 All have TRL's signature ``fn(completions, answer, **kwargs) -> list[float]``: ``completions`` are strings or
 conversational message lists (``[{"role": "assistant", "content": "..."}]``); the dataset's extra columns (here
 ``answer``) arrive as keyword lists; TRL also passes ``prompts``, ``completion_ids`` and more, which are ignored
-unless used. ``REWARD_FUNCTIONS`` names them and ``build_rewards({"correctness": 1.0, "format": 0.2})`` returns
+unless used. ``checked_correctness`` is ``correctness`` that counts only answers the reply's own arithmetic
+reaches (``work_checks``): a guard against a small policy that learns to guess frequent answers.
+``REWARD_FUNCTIONS`` names them and ``build_rewards({"correctness": 1.0, "format": 0.2})`` returns
 ``(reward_funcs, reward_weights)`` for ``GRPOTrainer(reward_funcs=...)`` and ``GRPOConfig(reward_weights=...)``.
 """
 
@@ -382,6 +384,75 @@ def format_reward(completions: Sequence[Any], **kwargs) -> list[float]:
     return [format_score(completion_text(c)) for c in completions]
 
 
+# "a op b = c" in a reply: an expression of numbers (optionally $-prefixed, with thousands commas) joined by
+# + - * / x and parentheses, then "=" and a number or fraction; not part of a longer expression with words in it
+# ("60 students x 2/3 = 40" is prose, not the equation "2/3 = 40"). Evaluated exactly with fractions.
+_NUM = r"\$?\d[\d,]*(?:\.\d+)?"
+_NOT_AFTER = r"(?<![\w.,$*/+×÷(=-])(?<![*/+×÷(=-] )(?<!\sx )"
+_EQUATION_RE = re.compile(
+    rf"{_NOT_AFTER}((?:\(\s*)*{_NUM}(?:\s*\)*\s*[-+*/x×÷]\s*(?:\(\s*)*{_NUM}\s*\)*)+)\s*=\s*"
+    rf"(-?{_NUM}(?:/\d+)?)(?![\w.]*\w)"
+)
+
+
+def _evaluate(expression: str) -> Fraction | None:
+    """The value of an arithmetic expression of numbers, + - * / (x, × and ÷ too) and parentheses, or None."""
+    import ast
+
+    text = expression.replace("$", "").replace(",", "").replace("×", "*").replace("÷", "/")
+    text = re.sub(r"(?<=[\d)\s])x(?=[\s\d(])", "*", text)
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return None
+    ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a / b}
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return Fraction(str(node.value))
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        raise ValueError(node)
+
+    try:
+        return value(tree.body)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+_RESULT_RE = re.compile(rf"=\s*(-?{_NUM}(?:/\d+)?)")
+
+
+def work_checks(text: str) -> bool:
+    """Whether the shown work supports the final answer: the final answer (``extract_answer``) is the result of a
+    computation written in the text (``... = N``), and every bare equation ``a op b = c`` in it is right.
+
+    Prose between the numbers ("5 snakes/jaguar * 6 jaguars = 30 snakes", GSM8K's style) is not parsed; the
+    equations that are pure arithmetic (all of ours, most of GSM8K's) are checked exactly.
+    """
+    for match in _EQUATION_RE.finditer(text):
+        expected, stated = _evaluate(match.group(1)), _evaluate(match.group(2))
+        if expected is None or stated is None or not numbers_equal(expected, stated):
+            return False
+    final_answer = to_fraction(extract_answer(text) or "")
+    results = (_evaluate(m.group(1)) for m in _RESULT_RE.finditer(text))
+    return final_answer is not None and any(numbers_equal(final_answer, r) for r in results if r is not None)
+
+
+def checked_correctness_reward(completions: Sequence[Any], answer: Sequence[Any], **kwargs) -> list[float]:
+    """1.0 where the final answer is right *and* the work shown reaches it (``work_checks``), else 0.0.
+
+    A guard against the cheapest reward hack of a small policy: on problems with small answers, a reply that
+    guesses a frequent answer after wrong arithmetic ("3 * 3 = 15 ... #### 15") is often right by luck, and
+    ``correctness_reward`` reinforces the guess; here only answers the written arithmetic arrives at count.
+    """
+    right = correctness_reward(completions, answer)
+    return [r if r and work_checks(completion_text(c)) else 0.0 for r, c in zip(right, completions)]
+
+
 class LengthPenalty:
     """A reward that penalises completions longer than ``target`` ``unit``s (``"chars"`` or ``"tokens"``).
 
@@ -427,6 +498,7 @@ length_penalty = make_length_penalty()
 
 REWARD_FUNCTIONS: dict[str, Callable[..., list[float]]] = {
     "correctness": correctness_reward,
+    "checked_correctness": checked_correctness_reward,
     "format": format_reward,
     "length": length_penalty,
 }

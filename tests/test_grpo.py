@@ -49,7 +49,8 @@ def test_grpo_steps_log_every_reward_and_write_the_stage(grpo_run):
     assert stage.is_dir() and not stage.with_name("grpo.incomplete").exists()
     assert not (stage / "checkpoints").exists() and not (stage / grpo.BASELINE_FILE).exists()
     metrics = json.loads((stage / "metrics.json").read_text())
-    for name in ("pass1", "pass1_strict", "passk", "sample_accuracy", "mean_completion_tokens", "stop_rate"):
+    for name in ("pass1", "pass1_strict", "pass1_checked", "passk", "sample_accuracy", "mean_completion_tokens",
+                 "stop_rate"):
         for when in ("before", "after"):
             assert metrics[f"{name}_{when}"] is not None, f"{name}_{when}"
     for name in ("pass1", "passk", "sample_accuracy", "stop_rate"):
@@ -125,6 +126,26 @@ def test_lora_adapter_saved_loads_with_peft_and_merges(tiny_run, tmp_path):
             without = model(ids).logits
         assert not torch.allclose(adapted, without)
         assert torch.allclose(merged(ids).logits, adapted, atol=1e-4)
+
+
+def test_freeze_embeddings_keeps_embeddings_and_lm_head_and_trains_the_rest(tiny_run, tmp_path):
+    config = grpo_config(tmp_path / "run", tiny_run, max_steps=2, num_test_problems=2, pass_k=1, beta=0.0,
+                         freeze_embeddings=True, learning_rate=5e-3,
+                         reward_weights={"correctness": 1.0, "length": 1.0},  # as in the LoRA test: never all zero
+                         length_penalty={"target": 8, "unit": "chars", "max_penalty": 100})
+    stage = grpo.run(config)
+    metrics = json.loads((stage / "metrics.json").read_text())
+    before = AutoModelForCausalLM.from_pretrained(metrics["start_model"])
+    after = AutoModelForCausalLM.from_pretrained(stage)
+    assert torch.equal(after.get_input_embeddings().weight, before.get_input_embeddings().weight)
+    assert torch.equal(after.get_output_embeddings().weight, before.get_output_embeddings().weight)
+    frozen = {id(before.get_input_embeddings().weight): before.get_input_embeddings().weight,
+              id(before.get_output_embeddings().weight): before.get_output_embeddings().weight}
+    changed = [n for (n, p), q in zip(before.named_parameters(), after.parameters())
+               if id(p) not in frozen and not torch.equal(p, q)]
+    assert changed  # the transformer blocks did train
+    assert metrics["trainable_params"] == metrics["num_params"] - sum(p.numel() for p in frozen.values())
+    assert 0 <= metrics["pass1_checked_after"] <= metrics["pass1_after"]
 
 
 def test_resume_from_the_last_checkpoint(tiny_run, tmp_path):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hf_pipeline.rewards import (
-    ANSWER_PREFIX, REWARD_FUNCTIONS, answer_line, build_rewards, completion_text, correctness_reward,
-    extract_answer, format_reward, is_correct, make_length_penalty, math_verify_available, normalize_number,
-    numbers_equal, reference_answer,
+    ANSWER_PREFIX, REWARD_FUNCTIONS, answer_line, build_rewards, checked_correctness_reward, completion_text,
+    correctness_reward, extract_answer, format_reward, is_correct, make_length_penalty, math_verify_available,
+    normalize_number, numbers_equal, reference_answer, work_checks,
 )
 
 from conftest import MIRROR
@@ -142,6 +142,49 @@ def test_correctness_reward_on_realistic_outputs():
         correctness_reward(["#### 3", "#### 4"], answer=["3"])
 
 
+@pytest.mark.parametrize("text, expected", [
+    # replies of the tiny SFT model (runs/tiny/sft, greedy, held-out generated problems)
+    ("Lucas is 5 * 3 = 15 years old.\n#### 15", True),
+    ("Lucas is 5 * 3 = 10 years old.\n#### 15", False),  # right answer, wrong arithmetic: a lucky guess
+    ("Lena is 4 + 4 = 8 years old.\n#### 6", False),  # the answer is not what the work reached
+    ("Each gets 9 / 2 = 2 candies.\n#### 2", False),  # 9 / 2 is 4.5
+    ("Lena is 1 * 1 = 1 year old.\n#### 1", True),  # consistent, whatever the question was
+    # GSM8K-style work: several steps, $ and commas, x for times, fractions, prose between numbers
+    ("5 - 2 = 3\n3 * 2 = 6\n#### 6", True),
+    ("5 - 2 = 3\n3 * 2 = 7\n#### 7", False),  # the last step is wrong
+    ("He pays $6 / 2 = $3 each.\n#### 3", True),
+    ("1,000 * 2 = 2,000 grams\n#### 2000", True),
+    ("(2 + 3) x 4 = 20\n#### 20", True),
+    ("1/2 * 1/2 = 1/4 of the tank\n#### 0.25", True),
+    ("There are 60 students x 2/3 = 40 students.\n#### 40", True),  # not the equation "2/3 = 40"
+    ("5 snakes/jaguar * 6 jaguars = 30 snakes\n#### 30", True),  # prose: the result is still stated
+    ("The answer is 15.\n#### 15", False),  # no work shown
+    ("", False),
+])
+def test_work_checks(text, expected):
+    assert work_checks(text) is expected
+
+
+def test_work_checks_every_generated_solution_and_nearly_every_gsm8k_solution(gsm8k):
+    from hf_pipeline.problems import generate_problems, strip_calculator_annotations
+
+    for steps, max_number in [(1, 5), (2, 20), ((1, 3), 50)]:
+        solutions = generate_problems(200, seed=0, split="train", steps=steps, max_number=max_number)["solution"]
+        assert all(work_checks(s) for s in solutions)
+    rows = gsm8k[:2000]
+    passed = sum(work_checks(strip_calculator_annotations(r["answer"])) for r in rows) / len(rows)
+    # the rest state the answer only in prose ("20 = A") or in other units than "####" (cents vs dollars)
+    assert passed > 0.95
+
+
+def test_checked_correctness_counts_only_answers_the_work_reaches():
+    completions = ["Lucas is 5 * 3 = 15 years old.\n#### 15", "Lucas is 5 * 3 = 10 years old.\n#### 15",
+                   [{"role": "assistant", "content": "He has 2 + 3 = 5 apples.\n#### 5"}], "#### 15"]
+    answers = ["15", "15", "6", "15"]
+    assert correctness_reward(completions, answer=answers) == [1.0, 1.0, 0.0, 1.0]
+    assert checked_correctness_reward(completions, answer=answers) == [1.0, 0.0, 0.0, 0.0]
+
+
 def test_correctness_logs_the_no_answer_rate_through_trl_log_metric():
     logged = {}
     correctness_reward(["#### 1", "nothing", "#### 3", "no"], answer=["1", "2", "3", "4"],
@@ -206,7 +249,7 @@ def test_registry_and_build_rewards_for_grpo():
     assert funcs[2](["x" * 20]) == [-1.0]  # the configured target, not the registry's default
     # TRL's async rollout worker pickles reward functions into a spawned process
     assert [pickle.loads(pickle.dumps(f))(["x" * 20], answer=["20"]) for f in funcs] == [[0.0], [0.0], [-1.0]]
-    assert set(REWARD_FUNCTIONS) == {"correctness", "format", "length"}
+    assert set(REWARD_FUNCTIONS) == {"correctness", "checked_correctness", "format", "length"}
     assert REWARD_FUNCTIONS["length"](["x" * 20]) == [0.0]
     with pytest.raises(ValueError, match="did you mean 'correctness'"):
         build_rewards({"corectness": 1.0})
