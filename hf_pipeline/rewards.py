@@ -30,6 +30,7 @@ reaches (``work_checks``): a guard against a small policy that learns to guess f
 
 from __future__ import annotations
 
+import ast
 import difflib
 import logging
 import re
@@ -397,8 +398,6 @@ _EQUATION_RE = re.compile(
 
 def _evaluate(expression: str) -> Fraction | None:
     """The value of an arithmetic expression of numbers, + - * / (x, × and ÷ too) and parentheses, or None."""
-    import ast
-
     text = expression.replace("$", "").replace(",", "").replace("×", "*").replace("÷", "/")
     text = re.sub(r"(?<=[\d)\s])x(?=[\s\d(])", "*", text)
     try:
