@@ -111,21 +111,22 @@ def measure(model, tokenizer, problems, config: GRPOStageConfig) -> tuple[dict, 
     common = dict(max_new_tokens=config.max_completion_length, batch_size=config.eval_batch_size)
     greedy = generate_replies(model, tokenizer, prompts, temperature=0.0, **common)
     scores = load_metric("gsm8k_accuracy").compute(predictions=[g["reply"] for g in greedy], references=answers)
+    greedy_right = [is_correct(g["reply"], a) for g, a in zip(greedy, answers)]
     sampled = generate_replies(model, tokenizer, [p for p in prompts for _ in range(k)],
                                temperature=config.eval_temperature, top_k=0, top_p=1.0, seed=config.seed, **common)
     correct = [is_correct(s["reply"], answers[i // k]) for i, s in enumerate(sampled)]
     metrics = {
         "pass1": scores["accuracy"],
         "pass1_strict": scores["strict_accuracy"],
-        "pass1_checked": sum(is_correct(g["reply"], a) and work_checks(g["reply"])
-                             for g, a in zip(greedy, answers)) / len(prompts),
+        "pass1_checked": sum(right and work_checks(g["reply"])
+                             for g, right in zip(greedy, greedy_right)) / len(prompts),
         "passk": sum(any(correct[i * k:(i + 1) * k]) for i in range(len(prompts))) / len(prompts),
         "sample_accuracy": sum(correct) / len(correct),
         "mean_completion_tokens": sum(g["tokens"] for g in greedy) / len(greedy),
         "stop_rate": sum(g["stopped"] for g in greedy) / len(greedy),
     }
-    samples = [{"question": q, "answer": a, "reply": g["reply"], "correct": is_correct(g["reply"], a)}
-               for q, a, g in list(zip(problems["question"], answers, greedy))[:20]]
+    samples = [{"question": q, "answer": a, "reply": g["reply"], "correct": right}
+               for q, a, g, right in list(zip(problems["question"], answers, greedy, greedy_right))[:20]]
     return metrics, samples
 
 

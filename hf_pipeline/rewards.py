@@ -425,6 +425,13 @@ def _evaluate(expression: str) -> Fraction | None:
 _RESULT_RE = re.compile(rf"=\s*(-?{_NUM}(?:/\d+)?)")
 
 
+def equations(text: str) -> list[tuple[str, Fraction | None, Fraction | None]]:
+    """The bare equations ``a op b = c`` in ``text``, in order: ``(expression, its value, the stated result)``,
+    the expression with single spaces (``"5 * 3"``), a value ``None`` where it cannot be evaluated."""
+    return [(" ".join(m.group(1).split()), _evaluate(m.group(1)), _evaluate(m.group(2)))
+            for m in _EQUATION_RE.finditer(text)]
+
+
 def work_checks(text: str) -> bool:
     """Whether the shown work supports the final answer: the final answer (``extract_answer``) is the result of a
     computation written in the text (``... = N``), and every bare equation ``a op b = c`` in it is right.
@@ -432,9 +439,8 @@ def work_checks(text: str) -> bool:
     Prose between the numbers ("5 snakes/jaguar * 6 jaguars = 30 snakes", GSM8K's style) is not parsed; the
     equations that are pure arithmetic (all of ours, most of GSM8K's) are checked exactly.
     """
-    for match in _EQUATION_RE.finditer(text):
-        expected, stated = _evaluate(match.group(1)), _evaluate(match.group(2))
-        if expected is None or stated is None or not numbers_equal(expected, stated):
+    for _, value, stated in equations(text):
+        if value is None or stated is None or not numbers_equal(value, stated):
             return False
     final_answer = to_fraction(extract_answer(text) or "")
     results = (_evaluate(m.group(1)) for m in _RESULT_RE.finditer(text))

@@ -9,8 +9,8 @@ the dial as in the recipe) this prints:
 * greedy pass@1, overall and per template;
 * per temperature (0.5, 1.0): sampled accuracy, pass@8 and the share of problems whose 8 samples disagree (the
   groups GRPO can learn from);
-* for one-step problems, the greedy replies' first equation ``a op b = c`` against the worked solution's: are the
-  operands the ones in the question, and is ``c`` right for the operands written?
+* for one-step problems, the greedy replies' first equation ``a op b = c`` (``rewards.equations``) against the worked
+  solution's: are the operands the ones in the question, and is ``c`` right (exactly) for the operands written?
 
 Last line: ``headroom pass1=<p> pass8_t05=<p> pass8_t10=<p> operands_right=<share>``.
 """
@@ -18,7 +18,6 @@ Last line: ``headroom pass1=<p> pass8_t05=<p> pass8_t10=<p> operands_right=<shar
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -27,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_pipeline.chat import generate_replies, load_chat_model  # noqa: E402
 from hf_pipeline.problems import generate_problems  # noqa: E402
-from hf_pipeline.rewards import is_correct  # noqa: E402
+from hf_pipeline.rewards import equations, is_correct  # noqa: E402
 
-EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 SAMPLES = 8
 
 
@@ -69,15 +67,13 @@ def main() -> None:
 
     errors = Counter()
     for solution, reply in zip(test["solution"], replies):
-        wanted, got = EQUATION.search(solution), EQUATION.search(reply["reply"])
+        wanted, got = equations(solution), equations(reply["reply"])
         if not got:
             errors["no equation"] += 1
             continue
-        a, op, b, c = got.groups()
-        value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b),
-                 "/": int(a) // int(b) if int(b) else None}[op]
-        operands = "operands right" if wanted and got.groups()[:3] == wanted.groups()[:3] else "operands wrong"
-        errors[(operands, "result right" if value == int(c) else "result wrong")] += 1
+        expression, value, stated = got[0]
+        operands = "operands right" if wanted and expression == wanted[0][0] else "operands wrong"
+        errors[(operands, "result right" if value is not None and value == stated else "result wrong")] += 1
     for key, count in sorted(errors.items(), key=lambda kv: -kv[1]):
         print(f"  {count:4d}  {key if isinstance(key, str) else ', '.join(key)}")
     operands_right = sum(n for k, n in errors.items() if isinstance(k, tuple) and k[0] == "operands right")

@@ -12,8 +12,8 @@ import pytest
 
 from hf_pipeline.rewards import (
     ANSWER_PREFIX, REWARD_FUNCTIONS, answer_line, build_rewards, checked_correctness_reward, completion_text,
-    correctness_reward, extract_answer, format_reward, is_correct, make_length_penalty, math_verify_available,
-    normalize_number, numbers_equal, reference_answer, work_checks,
+    correctness_reward, equations, extract_answer, format_reward, is_correct, make_length_penalty,
+    math_verify_available, normalize_number, numbers_equal, reference_answer, work_checks,
 )
 
 from conftest import MIRROR
@@ -175,6 +175,14 @@ def test_work_checks_every_generated_solution_and_nearly_every_gsm8k_solution(gs
     passed = sum(work_checks(strip_calculator_annotations(r["answer"])) for r in rows) / len(rows)
     # the rest state the answer only in prose ("20 = A") or in other units than "####" (cents vs dollars)
     assert passed > 0.95
+
+
+def test_equations_parse_expression_value_and_stated_result():
+    from fractions import Fraction
+
+    text = "He covers 3 *  5 = 15 km.\nEach gets 9 / 2 = 4.\n(2 + 3) x $4 = $20\nThere are 60 students x 2/3 = 40."
+    assert equations(text) == [("3 * 5", 15, 15), ("9 / 2", Fraction(9, 2), 4), ("(2 + 3) x $4", 20, 20)]
+    assert equations("The answer is 15.\n#### 15") == []
 
 
 def test_checked_correctness_counts_only_answers_the_work_reaches():
