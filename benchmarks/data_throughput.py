@@ -125,7 +125,7 @@ def main():
     parser.add_argument("--timeout", type=float, default=1.0, help="Extractor timeout (seconds) in both chains.")
     args = parser.parse_args()
 
-    from hf_pipeline.data.pipeline import load_url_map
+    from hf_pipeline.data.readers import load_url_map
 
     files = [Path(f).resolve() for f in args.input]
     missing = [str(f) for f in files if not f.is_file()]

@@ -53,6 +53,15 @@ def finish_stage(work: Path, final: Path) -> Path:
     return final
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was fully written (Trainer writes ``trainer_state.json`` last)."""
+    found = [p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+    return None
+
+
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write JSON through a temporary file so a reader never sees half of it."""
     path = Path(path)

@@ -23,67 +23,15 @@ import sys
 from pathlib import Path
 
 from .config import STAGE_CONFIGS, ConfigError, build_config, load_recipe, make_parser
+from .errors import suggest
+from .stages import STAGES, get_stage
 
 logger = logging.getLogger("hf_pipeline")
 
-STAGE_MODULES = {"data": "hf_pipeline.data.pipeline", "tokenizer": "hf_pipeline.tokenizer",
-                 "pretrain": "hf_pipeline.pretrain", "sft": "hf_pipeline.sft", "grpo": "hf_pipeline.grpo"}
-# The model a post-training stage starts from when `model` is not set: the run's previous model stage.
-PREVIOUS_MODEL_STAGE = {"sft": "pretrain", "grpo": "sft"}
-
-
-def check_inputs(config, planned: tuple[str, ...] = ()) -> None:
-    """Check a stage's inputs exist before anything runs. ``planned``: stages that will produce outputs first."""
-    from .artifacts import is_complete
-    from .refs import check_dataset_ref, resolve_model, resolve_tokenizer
-
-    planned_dirs = {config.stage_dir(stage) for stage in planned}
-    for source in getattr(config, "corpus", None) or []:
-        if Path(source.path) not in planned_dirs:  # RUN/data made by an earlier stage of this run is checked then
-            check_dataset_ref(source.path, config.mirror, what=f"{config.stage}.corpus")
-    if not getattr(config, "corpus", True):
-        raise ConfigError(f"{config.stage}.corpus: no sources given")
-    if getattr(config, "compare_with", None):
-        ref = config.compare_with
-        if not Path(ref).exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
-            raise ConfigError(f"{config.stage}.compare_with: '{ref}' not found")
-    if config.stage == "data":
-        from .data.pipeline import input_files, load_url_map
-
-        if not config.inputs:
-            raise ConfigError("data.inputs: no input files given")
-        input_files(config)
-        load_url_map(config.url_map)
-    if config.stage in PREVIOUS_MODEL_STAGE:
-        for source in config.datasets if config.stage == "sft" else []:
-            check_dataset_ref(source.path, config.mirror, what="sft.datasets")
-        if config.stage == "sft" and not (config.datasets or config.identity_data or config.worked_problems):
-            raise ConfigError("sft.datasets: no conversation sources given")
-        for field in ("identity_data", "mmlu"):
-            if getattr(config, field, None):
-                check_dataset_ref(getattr(config, field), config.mirror, what=f"{config.stage}.{field}")
-        if config.stage == "grpo" and config.problems != "generated":
-            check_dataset_ref(config.problems, config.mirror, what="grpo.problems")
-        previous = PREVIOUS_MODEL_STAGE[config.stage]
-        if config.model:
-            resolve_model(config.model)
-        elif previous not in planned and not is_complete(config.stage_dir(previous)):
-            raise ConfigError(
-                f"{config.stage}.model: not set and {config.stage_dir(previous)} does not exist "
-                f"(run the {previous} stage first or set model)"
-            )
-    if config.stage == "pretrain":
-        if config.tokenizer:
-            resolve_tokenizer(config.tokenizer)
-        elif "tokenizer" not in planned and not is_complete(config.stage_dir("tokenizer")):
-            raise ConfigError(
-                f"pretrain.tokenizer: not set and {config.stage_dir('tokenizer')} does not exist "
-                "(run the tokenizer stage first or set tokenizer)"
-            )
-
 
 def run_stage(config):
-    module = importlib.import_module(STAGE_MODULES[config.stage])
+    """Run one stage: the ``run(config)`` of the module the stage table names."""
+    module = importlib.import_module(get_stage(config.stage).module)
     return module.run(config)
 
 
@@ -92,7 +40,7 @@ def cmd_stage(stage: str, argv: list[str]) -> int:
         make_parser(stage).print_help()
         return 0
     config = build_config(stage, argv)
-    check_inputs(config)
+    config.check()
     path = run_stage(config)
     print(path)
     return 0
@@ -106,7 +54,7 @@ def _split_run_args(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
         if arg.startswith("--") and "." in arg.split("=")[0]:
             stage, rest = arg[2:].split(".", 1)
             if stage not in STAGE_CONFIGS:
-                raise ConfigError(f"hf-pipeline run: {arg}: unknown stage '{stage}'")
+                raise ConfigError(f"hf-pipeline run: {arg}: unknown stage '{stage}'{suggest(stage, STAGE_CONFIGS)}")
             target = per_stage.setdefault(stage, [])
             target.append("--" + rest)
         elif arg.startswith("--"):
@@ -132,13 +80,13 @@ def cmd_run(argv: list[str]) -> int:
     stages = known.stages or recipe.get("stages") or [s for s in STAGE_CONFIGS if s in recipe]
     for stage in stages:
         if stage not in STAGE_CONFIGS:
-            raise ConfigError(f"hf-pipeline run: unknown stage '{stage}'")
+            raise ConfigError(f"hf-pipeline run: --stages: unknown stage '{stage}'{suggest(stage, STAGE_CONFIGS)}")
     for stage in per_stage:
         if stage not in stages:
             raise ConfigError(f"hf-pipeline run: --{stage}.* given but stage '{stage}' is not run")
     configs = [build_config(s, rest + per_stage.get(s, []), recipe, known.config) for s in stages]
     for i, config in enumerate(configs):  # every input checked before the first stage starts
-        check_inputs(config, planned=tuple(stages[:i]))
+        config.check(planned=tuple(stages[:i]))
     output_dir = Path(configs[0].output_dir) if configs else None
     for config in configs:
         logger.info("run: stage %s -> %s", config.stage, config.stage_dir())
@@ -158,17 +106,46 @@ def cmd_generate(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no_stream", "--no-stream", action="store_true", help="Print the text at the end only.")
     args = parser.parse_args(argv)
-    from .generate import generate, load
+    from .engine import Engine, SamplingParams
 
-    model, tokenizer = load(args.model)
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed)
+    if not args.prompt:
+        raise ConfigError("generate: --prompt must not be empty")
+    engine = Engine.load(args.model)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    text = generate(
-        model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-        stream=not args.no_stream,
-    )
+    text = engine.complete(args.prompt, sampling, stream=not args.no_stream)
     if args.no_stream:
         print(text)
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    """``hf-pipeline eval MODEL --suites chat mmlu ...``: the stages' measures on any model."""
+    from transformers import HfArgumentParser
+
+    from .evals import EvalConfig, run
+
+    parser = HfArgumentParser(EvalConfig, prog="hf-pipeline eval", allow_abbrev=False,
+                              description="Evaluate any model with the stages' measures; writes metrics.json.")
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return 0
+    if argv and not argv[0].startswith("-"):  # the model as the first word
+        argv = ["--model", argv[0], *argv[1:]]
+    argv = ["--suites" if a == "--suite" else a for a in argv]
+
+    def error(message):
+        raise ConfigError(f"hf-pipeline eval: {message}")
+
+    parser.error = error
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    path = run(config)
+    import json
+
+    print(json.dumps(json.loads((path / "metrics.json").read_text()), indent=2))
+    print(path)
     return 0
 
 
@@ -207,7 +184,8 @@ def cmd_pull(argv: list[str]) -> int:
 
 
 def usage() -> str:
-    stages = "\n".join(f"  {name:<10} {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in STAGE_CONFIGS.items())
+    stages = "\n".join(f"  {stage.name:<10} {(STAGE_CONFIGS[stage.name].__doc__ or '').strip().splitlines()[0]}"
+                       for stage in STAGES)
     return (
         "usage: hf-pipeline COMMAND [--config RECIPE.yaml] [--field value ...]\n\n"
         f"stages (each writes RUN/<stage>/):\n{stages}\n\n"
@@ -215,6 +193,7 @@ def usage() -> str:
         "  run        Run the stages of a recipe in order.\n"
         "  generate   Sample from a model folder, run folder or Hub id.\n"
         "  chat       Talk to a chat model (run folder, model or adapter folder, Hub id) in the terminal.\n"
+        "  eval       Measure any model (bpb, mmlu, chat, problems) and write metrics.json.\n"
         "  push       Upload a stage folder to the Hub with a model card.\n"
         "  pull       Download a repo from the Hub.\n\n"
         "`hf-pipeline COMMAND --help` lists a command's options."
@@ -241,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
-    handlers = {"run": cmd_run, "generate": cmd_generate, "chat": cmd_chat, "push": cmd_push, "pull": cmd_pull}
+    handlers = {"run": cmd_run, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "push": cmd_push,
+                "pull": cmd_pull}
     if command not in STAGE_CONFIGS and command not in handlers:
-        print(f"hf-pipeline: error: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
+        hint = suggest(command, [*STAGE_CONFIGS, *handlers])
+        print(f"hf-pipeline: error: unknown command '{command}'{hint}\n\n{usage()}", file=sys.stderr)
         return 2
     setup_logging()
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import os
 import typing
@@ -31,11 +30,11 @@ from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 
+from .errors import ConfigError, suggest, unknown
+from .refs import RUN_PREFIX, Source, as_sources, from_mapping, run_path  # noqa: F401 - the config's source type
+from .stages import STAGES, get_stage
+
 MIRROR_ENV = "HF_PIPELINE_MIRROR"
-
-
-class ConfigError(ValueError):
-    """A bad recipe, flag or input reference. Its message is one line that names the file, key or path."""
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -67,50 +66,56 @@ class SharedConfig:
     def stage_dir(self, stage: str | None = None) -> Path:
         return Path(self.output_dir) / (stage or self.stage)
 
+    def input_ref(self, name: str) -> str:
+        """What input field ``name`` reads: its value if set, else the folder of the stage the stage table names
+        for it (sft's ``model`` -> ``RUN/pretrain``). Resolve it with ``refs.resolve_model``/``resolve_tokenizer``."""
+        value = getattr(self, name)
+        if value:
+            return value
+        source = get_stage(self.stage).inputs.get(name)
+        if source is None:
+            raise ConfigError(f"{self.stage}.{name}: not set, and the {self.stage} stage has no default for it")
+        return str(self.stage_dir(source))
 
-@dataclass
-class TextSource:
-    """One source of a text corpus: a local file, glob, folder, or a Hub dataset id (tried in the mirror first).
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        """Check the inputs exist before anything runs: a ConfigError whose one line names the field.
 
-    ``weight`` is the number of passes over the source in one epoch of the mixture: 3.0 repeats it three times
-    (the way curated sources are upweighted in real pretraining mixtures), 0.5 keeps a random half.
-    """
+        ``planned``: stages that run earlier in the same run (their folders count as there). This default checks
+        the stage table's inputs (``model``, ``tokenizer``...); a stage with inputs of its own checks those, then
+        calls it.
+        """
+        for name, source in get_stage(self.stage).inputs.items():
+            self._check_input(name, source, planned)
 
-    path: str
-    name: Optional[str] = None
-    split: str = "train"
-    text_column: str = "text"
-    sample_by: Literal["line", "paragraph", "document"] = "paragraph"
-    weight: float = 1.0
+    def _check_input(self, name: str, source: str, planned: tuple[str, ...]) -> None:
+        """A table input: the reference that is set must resolve, else the source stage's folder must be there."""
+        from .artifacts import is_complete
+        from .refs import check_dataset_ref, resolve_model, resolve_tokenizer
 
-    def __post_init__(self):
-        if self.sample_by not in ("line", "paragraph", "document"):
-            raise ValueError(f"sample_by must be line, paragraph or document, not {self.sample_by!r}")
-        self.weight = float(self.weight)
-        if self.weight <= 0:
-            raise ValueError(f"weight must be > 0, not {self.weight}")
+        where, value = f"{self.stage}.{name}", getattr(self, name)
+        if not value:
+            folder = self.stage_dir(source)
+            if source not in planned and not is_complete(folder):
+                raise ConfigError(f"{where}: not set and {folder} does not exist "
+                                  f"(run the {source} stage first or set {name})")
+            return
+        artifact = get_stage(source).artifact
+        if artifact == "dataset":
+            check_dataset_ref(value, self.mirror, what=where)
+            return
+        try:
+            (resolve_model if artifact == "model" else resolve_tokenizer)(value)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
+    def _check_sources(self, name: str, planned: tuple[str, ...]) -> None:
+        """Each source of list field ``name`` (corpus, datasets) exists, or is the folder of a planned stage."""
+        from .refs import check_dataset_ref
 
-RUN_PREFIX = "RUN/"  # a corpus path RUN/data means the data stage's output in this run's folder
-
-
-def _as_sources(items, output_dir: str | None = None) -> list[TextSource]:
-    if isinstance(items, (str, dict, TextSource)):
-        items = [items]
-    out = []
-    for item in items or []:
-        if isinstance(item, TextSource):
-            out.append(item)
-        elif isinstance(item, str):
-            out.append(TextSource(path=item))
-        elif isinstance(item, dict):
-            out.append(TextSource(**item))
-        else:
-            raise ConfigError(f"corpus entry {item!r} is neither a path nor a mapping")
-    for source in out:
-        if output_dir and source.path.startswith(RUN_PREFIX):
-            source.path = str(Path(output_dir) / source.path[len(RUN_PREFIX):])
-    return out
+        planned_dirs = {self.stage_dir(stage) for stage in planned}
+        for source in getattr(self, name):
+            if Path(source.path) not in planned_dirs:  # RUN/data made by an earlier stage of this run is checked then
+                check_dataset_ref(source.path, self.mirror, what=f"{self.stage}.{name}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +128,7 @@ class TokenizerConfig(SharedConfig):
 
     stage: ClassVar[str] = "tokenizer"
 
-    corpus: list[TextSource] = _help(
+    corpus: list[Source] = _help(
         "Text sources to train on: paths, globs, Hub ids, or RUN/data (this run's data stage).", default_factory=list
     )
     vocab_size: int = _help("Vocabulary size, special tokens included.", default=8192)
@@ -138,7 +143,16 @@ class TokenizerConfig(SharedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.corpus = _as_sources(self.corpus, self.output_dir)
+        self.corpus = as_sources(self.corpus, self.output_dir)
+
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        self._check_sources("corpus", planned)
+        if not self.corpus:
+            raise ConfigError("tokenizer.corpus: no sources given")
+        ref = self.compare_with
+        if ref and not Path(ref).exists() and (ref.startswith((".", "/", "~")) or ref.count("/") > 1):
+            raise ConfigError(f"tokenizer.compare_with: '{ref}' not found")
+        super().check(planned)
 
 
 @dataclass
@@ -148,7 +162,7 @@ class PretrainConfig(SharedConfig):
     stage: ClassVar[str] = "pretrain"
 
     tokenizer: Optional[str] = _help("Tokenizer folder or Hub id (default: RUN/tokenizer).", default=None)
-    corpus: list[TextSource] = _help(
+    corpus: list[Source] = _help(
         "Text sources to train on: paths, globs, Hub ids, or RUN/data (this run's data stage).", default_factory=list
     )
     heldout_fraction: float = _help("Share of documents held out for evaluation (bits per byte).", default=0.01)
@@ -180,7 +194,13 @@ class PretrainConfig(SharedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.corpus = _as_sources(self.corpus, self.output_dir)
+        self.corpus = as_sources(self.corpus, self.output_dir)
+
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        self._check_sources("corpus", planned)
+        if not self.corpus:
+            raise ConfigError("pretrain.corpus: no sources given")
+        super().check(planned)  # tokenizer
 
 
 @dataclass
@@ -252,7 +272,7 @@ class DataConfig(SharedConfig):
         super().__post_init__()
         for key in self.step_args:
             if key not in self.STEP_KEYS:
-                raise ConfigError(f"data.step_args: unknown step '{key}'{_suggest(key, self.STEP_KEYS)}")
+                raise ConfigError(f"data.step_args: unknown step '{key}'{suggest(key, self.STEP_KEYS)}")
             if not isinstance(self.step_args[key], dict):
                 raise ConfigError(f"data.step_args.{key}: must be a mapping of keyword arguments")
         if not 0 <= self.language_threshold <= 1:
@@ -262,37 +282,14 @@ class DataConfig(SharedConfig):
         if self.executor == "slurm" and "partition" not in self.executor_options:
             raise ConfigError("data.executor_options: the Slurm executor needs a partition ({partition: NAME})")
 
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        from .data.readers import input_files, load_url_map
 
-@dataclass
-class DatasetSource:
-    """One source of a dataset mixture (as the HF recipes' ``dataset_mixture``): a local path or glob, a folder, or a
-    Hub id (tried in the mirror first). ``weight`` is the number of passes: 2.0 twice, 0.5 a random half."""
-
-    path: str
-    name: Optional[str] = None
-    split: Optional[str] = None
-    weight: float = 1.0
-
-    def __post_init__(self):
-        self.weight = float(self.weight)
-        if self.weight <= 0:
-            raise ValueError(f"weight must be > 0, not {self.weight}")
-
-
-def _as_dataset_sources(items) -> list[DatasetSource]:
-    if isinstance(items, (str, dict, DatasetSource)):
-        items = [items]
-    out = []
-    for item in items or []:
-        if isinstance(item, DatasetSource):
-            out.append(item)
-        elif isinstance(item, str):
-            out.append(DatasetSource(path=item))
-        elif isinstance(item, dict):
-            out.append(DatasetSource(**item))
-        else:
-            raise ConfigError(f"dataset entry {item!r} is neither a path nor a mapping")
-    return out
+        if not self.inputs:
+            raise ConfigError("data.inputs: no input files given")
+        input_files(self.inputs)
+        load_url_map(self.url_map)
+        super().check(planned)
 
 
 @dataclass
@@ -342,6 +339,12 @@ class PostTrainingConfig(SharedConfig):
         if not 1 <= self.problem_min_steps <= self.problem_max_steps:
             raise ConfigError(f"{self.stage}.problem_min_steps/problem_max_steps: need 1 <= min <= max, not "
                               f"{self.problem_min_steps}, {self.problem_max_steps}")
+        if self.problem_templates:
+            from .problems import TEMPLATES  # here, not at the top: problems imports rewards, which loads math-verify
+
+            for name in self.problem_templates:
+                if name not in TEMPLATES:
+                    raise ConfigError(f"{self.stage}.problem_templates: {unknown('template', name, TEMPLATES)}")
 
     def lora_config(self, trainable_token_indices: list[int] | None = None):
         """The ``peft.LoraConfig`` of these fields; ``trainable_token_indices``: tokens whose embeddings train too."""
@@ -366,7 +369,7 @@ class SFTStageConfig(PostTrainingConfig):
 
     stage: ClassVar[str] = "sft"
 
-    datasets: list[DatasetSource] = _help(
+    datasets: list[Source] = _help(
         "Conversation sources (OASST message rows, messages, instruction/input/output), with weights.",
         default_factory=list,
     )
@@ -407,13 +410,26 @@ class SFTStageConfig(PostTrainingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.datasets = _as_dataset_sources(self.datasets)
+        self.datasets = as_sources(self.datasets, self.output_dir)
         if not 0 <= self.language_threshold < 1:
             raise ConfigError(f"sft.language_threshold: a language score in [0, 1), not {self.language_threshold}")
         for name in ("model", "identity_data", "system_message", "mmlu"):  # `--identity_data null` switches it off
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
                 setattr(self, name, None)
+        if self.identity_data:
+            self.identity_data = run_path(self.identity_data, self.output_dir)
+
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        from .refs import check_dataset_ref
+
+        self._check_sources("datasets", planned)
+        if not (self.datasets or self.identity_data or self.worked_problems):
+            raise ConfigError("sft.datasets: no conversation sources given")
+        for name in ("identity_data", "mmlu"):
+            if getattr(self, name):
+                check_dataset_ref(getattr(self, name), self.mirror, what=f"sft.{name}")
+        super().check(planned)  # model
 
 
 @dataclass
@@ -481,15 +497,42 @@ class GRPOStageConfig(PostTrainingConfig):
             raise ConfigError("grpo.num_train_problems / num_test_problems: must be >= 1")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ConfigError(f"grpo.scale_rewards: group, batch or none, not {self.scale_rewards!r}")
+        self._check_rewards()
+
+    def _check_rewards(self) -> None:
+        """Reward names and weights, and the length penalty's arguments: wrong ones fail at build, not at the stage."""
+        import inspect
+
+        from .rewards import REWARD_FUNCTIONS, make_length_penalty  # here: rewards loads math-verify
+
+        if not self.reward_weights:
+            raise ConfigError(f"grpo.reward_weights: name at least one reward function ({', '.join(REWARD_FUNCTIONS)})")
+        for name, weight in self.reward_weights.items():
+            if name not in REWARD_FUNCTIONS:
+                raise ConfigError(f"grpo.reward_weights: {unknown('reward function', name, REWARD_FUNCTIONS)}")
+            try:
+                float(weight)
+            except (TypeError, ValueError):
+                raise ConfigError(f"grpo.reward_weights.{name}: expected a number, got {weight!r}") from None
+        arguments = inspect.signature(make_length_penalty).parameters
+        for key in self.length_penalty:
+            if key not in arguments:
+                raise ConfigError(f"grpo.length_penalty: {unknown('argument', key, arguments)}")
+        try:
+            make_length_penalty(**self.length_penalty)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"grpo.length_penalty: {e}") from None
+
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        from .refs import check_dataset_ref
+
+        if self.problems != "generated":
+            check_dataset_ref(self.problems, self.mirror, what="grpo.problems")
+        super().check(planned)  # model
 
 
-STAGE_CONFIGS: dict[str, type[SharedConfig]] = {
-    "data": DataConfig,
-    "tokenizer": TokenizerConfig,
-    "pretrain": PretrainConfig,
-    "sft": SFTStageConfig,
-    "grpo": GRPOStageConfig,
-}
+# The config class of each stage, in pipeline order: the stage table names them (hf_pipeline/stages.py).
+STAGE_CONFIGS: dict[str, type[SharedConfig]] = {stage.name: globals()[stage.config] for stage in STAGES}
 # Keys a recipe may have besides the shared fields and one section per stage.
 RECIPE_KEYS = {"stages", "description"}
 
@@ -515,18 +558,13 @@ def load_recipe(path: str | os.PathLike) -> dict:
     allowed = shared | RECIPE_KEYS | set(STAGE_CONFIGS)
     for key, value in recipe.items():
         if key not in allowed:
-            raise ConfigError(f"{path}: unknown key '{key}'{_suggest(key, allowed)}")
+            raise ConfigError(f"{path}: unknown key '{key}'{suggest(key, allowed)}")
         if key in STAGE_CONFIGS and not isinstance(value, (dict, type(None))):
             raise ConfigError(f"{path}: section '{key}' must be a mapping")
     for stage in recipe.get("stages") or []:
         if stage not in STAGE_CONFIGS:
-            raise ConfigError(f"{path}: stages: unknown stage '{stage}'{_suggest(stage, STAGE_CONFIGS)}")
+            raise ConfigError(f"{path}: stages: unknown stage '{stage}'{suggest(stage, STAGE_CONFIGS)}")
     return recipe
-
-
-def _suggest(key: str, choices) -> str:
-    close = difflib.get_close_matches(str(key), list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def make_parser(stage: str):
@@ -560,7 +598,7 @@ def json_mapping(text: str) -> dict:
 def build_config(stage: str, args: list[str] | None = None, recipe: dict | None = None, recipe_path: str = "recipe"):
     """Build a stage config from a recipe (shared fields + the stage's section) and command-line args."""
     if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"unknown stage '{stage}'{_suggest(stage, STAGE_CONFIGS)}")
+        raise ConfigError(f"unknown stage '{stage}'{suggest(stage, STAGE_CONFIGS)}")
     args = list(args or [])
     if "--config" in args:
         i = args.index("--config")
@@ -583,7 +621,7 @@ def build_config(stage: str, args: list[str] | None = None, recipe: dict | None 
     for key, value in values.items():
         where = f"{recipe_path}: {stage + '.' if key in section else ''}{key}"
         if key not in actions or key == "config":
-            raise ConfigError(f"{where}: unknown key{_suggest(key, [f.name for f in dataclasses.fields(cls)])}")
+            raise ConfigError(f"{where}: unknown key{suggest(key, [f.name for f in dataclasses.fields(cls)])}")
         actions[key].default = _convert(actions[key], value, hints.get(key), where)
         actions[key].required = False
     parsed = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
@@ -608,7 +646,7 @@ def _convert(action, value, hint, where: str):
     def one(v):
         if dataclasses.is_dataclass(convert) and isinstance(v, dict):
             try:
-                return convert(**v)
+                return from_mapping(convert, v)
             except TypeError as e:
                 raise ConfigError(f"{where}: {e}") from None
             except ValueError as e:

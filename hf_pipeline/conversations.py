@@ -2,9 +2,10 @@
 
 Every source becomes a ``datasets.Dataset`` whose single column ``messages`` holds a list of
 ``{"role": "system" | "user" | "assistant", "content": str}``: the conversational format TRL's ``SFTTrainer`` takes
-and our chat template (``hf_pipeline.tokenizer.CHAT_TEMPLATE``) renders. A source is a local ``.json``/``.jsonl``
-(optionally ``.gz``), ``.parquet`` or ``.csv`` file, a glob, a folder, or a Hub dataset id (looked up in the mirror
-as ``<mirror>/<org>/<name>`` first). The row format is recognised from the columns:
+and our chat template (``hf_pipeline.tokenizer.CHAT_TEMPLATE``) renders. A source (``config.Source``) is a local
+``.json``/``.jsonl`` (optionally compressed), ``.parquet`` or ``.csv`` file, a glob, a folder, or a Hub dataset id
+(looked up in the mirror as ``<mirror>/<org>/<name>`` first), opened by ``refs.open_tables``: JSON files are read
+line by line, a broken line skipped. The row format is recognised from the columns:
 
 OASST message rows (``message_id``, ``parent_id``, ``role`` prompter/assistant, ``text``, ``rank``, ``deleted``...)
     One row per message; ``parent_id`` links a reply to the message it answers, so each tree of replies is rebuilt.
@@ -33,18 +34,16 @@ fails at once with a one-line error naming the source and its columns.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import re
 from collections import Counter, defaultdict
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, Source, as_sources
 from .corpus import _repeat
-from .refs import check_dataset_ref, local_files, mirror_path
+from .refs import open_tables
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -63,8 +62,6 @@ ROLE_ALIASES = {
 }
 OASST_COLUMNS = {"message_id", "parent_id", "role", "text"}
 OASST_FIELDS = ["message_id", "parent_id", "role", "text", "rank", "deleted", "created_date"]  # all we read
-FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv"}  # .json/.jsonl are read here, line by line
-MAX_WARNINGS_PER_FILE = 5
 
 
 def _features():
@@ -78,7 +75,7 @@ def _features():
 
 
 def load_conversations(
-    source: str,
+    source: Source | str,
     mirror: str | None = None,
     stats: Counter | None = None,
     name: str | None = None,
@@ -86,21 +83,27 @@ def load_conversations(
 ):
     """Load one source as a Dataset with a ``messages`` column; skipped rows are added to ``stats`` by reason.
 
-    ``name`` and ``split`` are the Hub config and split (ignored for local files). Without ``split``, a dataset with
-    a single split gives that split, else ``train``. Raises ConfigError (a ValueError) for a source that cannot be
-    found, whose format is unknown, or that yields no conversation at all.
+    ``source`` is a Source, or a path or id whose Hub config and split are ``name`` and ``split`` (ignored for local
+    files). Without a split, a dataset with a ``train`` split gives that split, else its only split. Raises
+    ConfigError (a ValueError) for a source that cannot be found, whose format is unknown, or that yields no
+    conversation at all.
     """
     import datasets
 
+    if not isinstance(source, Source):
+        source = Source(path=str(source), name=name, split=split)
     skipped: Counter = Counter()
-    tables = _read_source(source, mirror, name, split, skipped)
+    tables = open_tables(source, mirror, what="conversations", stats=skipped)
 
     # One format per source: a glob over files of different formats is a mistake (list them separately).
     formats = {label: _detect_format(label, columns) for label, columns, _ in tables}
     if len(set(formats.values())) > 1:
         found = ", ".join(f"{label}: {fmt}" for label, fmt in formats.items())
-        raise ConfigError(f"conversations: '{source}' mixes row formats ({found}); list them separately")
+        raise ConfigError(f"conversations: '{source.path}' mixes row formats ({found}); list them separately")
     fmt = next(iter(formats.values()))
+    if fmt == "oasst":  # reading a dataset's nested review fields (detoxify, labels...) is slow: skip them
+        tables = [(label, columns, _select(table_rows, [c for c in OASST_FIELDS if c in columns]))
+                  for label, columns, table_rows in tables]
     n_rows = sum(len(table_rows) for _, _, table_rows in tables)
     rows = (row for _, _, table_rows in tables for row in table_rows)
 
@@ -112,109 +115,19 @@ def load_conversations(
 
     logger.info(
         "conversations %s: %d %s rows -> %d conversations%s",
-        source, n_rows, fmt, len(conversations),
+        source.path, n_rows, fmt, len(conversations),
         f"; skipped: {', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))}" if skipped else "",
     )
     if stats is not None:
         stats.update(skipped)
     if not conversations:
-        raise ConfigError(f"conversations: '{source}' holds no usable conversation (skipped: {dict(skipped)})")
+        raise ConfigError(f"conversations: '{source.path}' holds no usable conversation (skipped: {dict(skipped)})")
     return datasets.Dataset.from_dict({"messages": conversations}, features=_features())
 
 
-def _read_source(source: str, mirror: str | None, name: str | None, split: str | None, skipped: Counter):
-    """The rows of a source, as ``[(label, columns, rows)]``: one entry per local file, one for a dataset."""
-    import datasets
-
-    kind = check_dataset_ref(source, mirror, what="conversations")
-    if kind == "folder":
-        folder = Path(source).expanduser()
-        if (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file():
-            return [_dataset_table(source, datasets.load_from_disk(str(folder)), split)]
-        if not (folder / "README.md").is_file():  # a plain folder of files (a Hub-like one has a README: below)
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and _file_kind(p) is not None)
-            if not files:
-                raise ConfigError(f"conversations: folder '{source}' holds no .json/.jsonl/.parquet/.csv file")
-            return [_file_table(f, skipped) for f in files]
-    if kind == "files":
-        return [_file_table(f, skipped) for f in local_files(source)]
-    where = str(mirror_path(source, mirror) or source)  # a Hub id, its mirror folder, or a Hub-like folder
-    return [_dataset_table(source, datasets.load_dataset(where, name, split=split), split)]
-
-
-def _file_kind(path: Path) -> str | None:
-    suffixes = [s for s in path.suffixes if s != ".gz"]
-    suffix = suffixes[-1].lower() if suffixes else ""
-    return "json" if suffix in (".json", ".jsonl") else FILE_BUILDERS.get(suffix)
-
-
-def _file_table(path: Path, skipped: Counter) -> tuple[str, list[str], list[dict]]:
-    import datasets
-
-    kind = _file_kind(path)
-    if kind is None:
-        raise ConfigError(f"conversations: {path}: unsupported file type (use .json, .jsonl, .parquet or .csv)")
-    if kind == "json":
-        rows = _read_json_rows(path, skipped)
-    else:
-        rows = datasets.load_dataset(kind, data_files=[str(path)], split="train").to_list()
-    columns = list(dict.fromkeys(key for row in rows for key in row))  # every key any row has, in order
-    return str(path), columns, rows
-
-
-def _read_json_rows(path: Path, skipped: Counter) -> list[dict]:
-    """Rows of a JSON array file or a JSON-lines file. A broken line is skipped, counted and logged as file:line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):  # one JSON array: it parses as a whole or not at all
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"conversations: {path}:{e.lineno}: invalid JSON array ({e.msg})") from None
-        lines = [(i, row) for i, row in enumerate(data, 1)]
-        where = "row"
-    else:  # JSON lines (whatever the suffix)
-        lines = []
-        for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
-            if not line.strip():
-                continue
-            try:
-                lines.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                lines.append((lineno, e))
-        where = "line"
-    rows, bad = [], 0
-    for lineno, row in lines:
-        if isinstance(row, dict):
-            rows.append(row)
-            continue
-        bad += 1
-        skipped["bad_json_line"] += 1
-        if bad <= MAX_WARNINGS_PER_FILE:
-            reason = row.msg if isinstance(row, json.JSONDecodeError) else f"a {type(row).__name__}, not an object"
-            logger.warning("%s:%d: skipped %s (%s)", path, lineno, f"bad JSON {where}", reason)
-    if bad > MAX_WARNINGS_PER_FILE:
-        logger.warning("%s: %d bad JSON %ss skipped in all", path, bad, where)
-    return rows
-
-
-def _dataset_table(source: str, ds, split: str | None) -> tuple[str, list[str], Iterable[dict]]:
-    import datasets
-
-    if isinstance(ds, datasets.DatasetDict):
-        if split is not None:
-            if split not in ds:
-                raise ConfigError(f"conversations: '{source}' has no split '{split}' (splits: {', '.join(ds)})")
-            ds = ds[split]
-        elif len(ds) == 1 or "train" in ds:
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-        else:
-            raise ConfigError(f"conversations: '{source}' has splits {', '.join(ds)}: set split")
-    columns = list(ds.column_names)
-    if OASST_COLUMNS <= set(columns):  # reading the nested review fields (detoxify, labels...) is slow: skip them
-        ds = ds.select_columns([c for c in OASST_FIELDS if c in columns])
-    return source, columns, ds
+def _select(rows, columns: list[str]):
+    """Only ``columns`` of a Dataset's rows (a list of dicts is left as it is)."""
+    return rows.select_columns(columns) if hasattr(rows, "select_columns") else rows
 
 
 def _detect_format(label: str, columns: list[str]) -> str:
@@ -467,15 +380,15 @@ def filter_languages(dataset, languages: list[str], threshold: float = 0.65):
 # Mixing and holding out
 
 
-def mix_conversations(sources: list[dict], mirror: str | None, seed: int, languages: list[str] | None = None,
+def mix_conversations(sources: list[Source], mirror: str | None, seed: int, languages: list[str] | None = None,
                       language_threshold: float = 0.65):
     """Load sources, repeat each by its ``weight`` and shuffle them together. Returns ``(dataset, stats)``.
 
     With ``languages``, each source keeps only its conversations in those languages (``filter_languages``); the
     others are counted as skipped ``language``, before the weight repeats anything.
 
-    Each source is ``{"path": ..., "name": None, "split": None, "weight": 1.0}`` (or an object with those
-    attributes). ``weight`` is the number of passes over the source: 2.0 takes it twice, 0.5 a random half (the
+    Each source is a ``Source`` (or what ``config.as_sources`` takes: a path, ``{"path": ..., "split": ...,
+    "weight": 2.0}``). ``weight`` is the number of passes over the source: 2.0 takes it twice, 0.5 a random half (the
     fractions of alignment-handbook's ``dataset_mixture``). ``stats`` holds the total ``conversations``, the summed
     ``skipped`` Counter, and per source its ``conversations`` loaded, ``mixed`` (after the weight) and ``skipped``.
     """
@@ -484,26 +397,24 @@ def mix_conversations(sources: list[dict], mirror: str | None, seed: int, langua
     if not sources:
         raise ConfigError("conversations: no sources given")
     parts, stats = [], {"conversations": 0, "skipped": Counter(), "sources": []}
-    for spec in sources:
-        spec = dict(spec) if isinstance(spec, dict) else dict(vars(spec))
-        unknown = set(spec) - {"path", "name", "split", "weight"}
-        if "path" not in spec or unknown:
-            raise ConfigError(f"conversations: source {spec} needs 'path' and takes only name, split, weight")
-        weight = float(spec.get("weight", 1.0))
-        if weight <= 0:
-            raise ConfigError(f"conversations: {spec['path']}: weight must be > 0, not {weight}")
+    try:
+        sources = as_sources(sources)
+    except ConfigError as e:
+        raise ConfigError(f"conversations: {e}") from None
+    for source in sources:
         skipped: Counter = Counter()
-        ds = load_conversations(spec["path"], mirror, skipped, name=spec.get("name"), split=spec.get("split"))
+        ds = load_conversations(source, mirror, skipped)
         if languages:
             ds, skipped["language"] = filter_languages(ds, languages, language_threshold)
-        mixed = _repeat(ds, weight, seed)
+        mixed = _repeat(ds, source.weight, seed)
         parts.append(mixed)
         stats["skipped"].update(skipped)
         stats["sources"].append(
-            {"path": spec["path"], "name": spec.get("name"), "split": spec.get("split"), "weight": weight,
+            {"path": source.path, "name": source.name, "split": source.split, "weight": source.weight,
              "conversations": len(ds), "mixed": len(mixed), "skipped": skipped}
         )
-        logger.info("conversations %s: %d -> %d in the mixture (weight %g)", spec["path"], len(ds), len(mixed), weight)
+        logger.info("conversations %s: %d -> %d in the mixture (weight %g)", source.path, len(ds), len(mixed),
+                    source.weight)
     mixture = datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
     stats["conversations"] = len(mixture)
     return mixture, stats

@@ -1,51 +1,25 @@
 """Text corpora for the tokenizer and pretraining: a weighted mixture of sources, with a held-out split.
 
-Every source becomes a ``datasets.Dataset`` with one ``text`` column (``.txt`` files through the ``text`` builder,
-``.json[l]``/``.parquet``/``.csv`` through theirs, dataset folders and Hub ids through ``load_dataset``). Documents
-are held out per source *before* a source is repeated by its weight, so no held-out document is ever trained on.
+Every source becomes a ``datasets.Dataset`` with one ``text`` column (opened by ``refs.open_dataset``: ``.txt`` files
+through the ``text`` builder, ``.json[l]``/``.parquet``/``.csv`` through theirs, dataset folders and Hub ids through
+``load_dataset``). Documents are held out per source *before* a source is repeated by its weight, so no held-out
+document is ever trained on. ``tokenize_and_pack`` turns documents into the fixed token windows a causal LM trains
+and is measured on (pretraining, bits per byte).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from .config import ConfigError, TextSource
-from .refs import check_dataset_ref, local_files, mirror_path
+from .config import ConfigError, Source
+from .refs import open_dataset
 
 logger = logging.getLogger("hf_pipeline")
 
-BUILDERS = {".txt": "text", ".md": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
-
-def _builder_for(path: Path) -> str:
-    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
-    builder = BUILDERS.get(suffixes[-1] if suffixes else "")
-    if builder is None:
-        raise ConfigError(f"{path}: unsupported file type (use {', '.join(sorted(BUILDERS))}, optionally .gz)")
-    return builder
-
-
-def load_source(source: TextSource, mirror: str | None = None):
+def load_source(source: Source, mirror: str | None = None):
     """Load one source as a Dataset with a single ``text`` column, empty documents removed."""
-    import datasets
-
-    kind = check_dataset_ref(source.path, mirror, what="corpus")
-    if kind == "files":
-        files = local_files(source.path)
-        builders = {_builder_for(f) for f in files}
-        if len(builders) > 1:
-            raise ConfigError(f"corpus: '{source.path}' mixes file types {sorted(builders)}; list them separately")
-        builder = builders.pop()
-        kwargs = {"sample_by": source.sample_by} if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
-    elif kind == "folder" and _is_saved_dataset(Path(source.path)):
-        ds = datasets.load_from_disk(source.path)
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[source.split]
-    else:
-        where = str(mirror_path(source.path, mirror) or source.path)
-        ds = datasets.load_dataset(where, source.name, split=source.split)
+    ds = open_dataset(source, mirror, what="corpus")
     if source.text_column not in ds.column_names:
         raise ConfigError(
             f"corpus: '{source.path}' has no column '{source.text_column}' (columns: {', '.join(ds.column_names)}); "
@@ -57,11 +31,7 @@ def load_source(source: TextSource, mirror: str | None = None):
     return ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
-
-
-def load_corpus(sources: list[TextSource], mirror: str | None, heldout_fraction: float, seed: int):
+def load_corpus(sources: list[Source], mirror: str | None, heldout_fraction: float, seed: int):
     """Load, split and mix sources. Returns ``(train, heldout)`` Datasets with a ``text`` column."""
     import datasets
 
@@ -101,5 +71,23 @@ def _repeat(ds, weight: float, seed: int):
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def count_chars(ds) -> int:
-    return sum(len(t) for t in ds["text"])  # noqa
+def tokenize_and_pack(ds, tokenizer, seq_len: int, num_proc: int = 1, desc: str = "train"):
+    """Documents -> token windows of exactly ``seq_len`` tokens, each document followed by end-of-text.
+
+    Protocol tokens written literally in a document (``<|im_start|>`` in a web page) stay plain text
+    (``split_special_tokens``): only the pipeline itself ever emits a special token.
+    """
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
+        return {"input_ids": [x + [eos] for x in ids]}
+
+    def pack(batch):
+        stream = [t for ids in batch["input_ids"] for t in ids]
+        n = len(stream) // seq_len * seq_len  # the tail of each batch of documents is dropped
+        return {"input_ids": [stream[i : i + seq_len] for i in range(0, n, seq_len)]}
+
+    num_proc = num_proc if len(ds) >= 1000 * num_proc else None
+    tokens = ds.map(tokenize, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"tokenize {desc}")
+    return tokens.map(pack, batched=True, batch_size=1000, num_proc=num_proc, desc=f"pack {desc}")

@@ -4,8 +4,9 @@
            -> Trainer (AdamW, cosine schedule with warmup, bf16, gradient accumulation, checkpoints)
            -> held-out loss and bits per byte -> RUN/pretrain/ (a model folder AutoModelForCausalLM loads)
 
-Bits per byte (bpb) divides the summed held-out loss, converted to bits, by the UTF-8 bytes of the predicted tokens:
-unlike loss per token it does not depend on the tokenizer, so models with different vocabularies compare.
+Bits per byte (bpb, ``hf_pipeline.evals.text``) divides the summed held-out loss, converted to bits, by the UTF-8
+bytes of the predicted tokens: unlike loss per token it does not depend on the tokenizer, so models with different
+vocabularies compare.
 
 A killed run leaves RUN/pretrain.incomplete/checkpoints/; running the stage again resumes from the last checkpoint
 and, because the sampler is seeded and Trainer skips the batches already seen, sees the data in the same order.
@@ -14,36 +15,15 @@ and, because the sampler is seeded and Trainer skips the batches already seen, s
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
-from .artifacts import begin_stage, finish_stage, incomplete_dir, is_complete, write_json
+from .artifacts import begin_stage, finish_stage, incomplete_dir, is_complete, last_complete_checkpoint, write_json
 from .config import ConfigError, PretrainConfig, save_config
+from .corpus import load_corpus, tokenize_and_pack
+from .evals.text import evaluate_bpb, token_byte_lengths
 
 logger = logging.getLogger("hf_pipeline")
-
-
-def tokenize_and_pack(ds, tokenizer, seq_len: int, num_proc: int = 1, desc: str = "train"):
-    """Documents -> token windows of exactly ``seq_len`` tokens, each document followed by end-of-text.
-
-    Protocol tokens written literally in a document (``<|im_start|>`` in a web page) stay plain text
-    (``split_special_tokens``): only the pipeline itself ever emits a special token.
-    """
-    eos = tokenizer.eos_token_id
-
-    def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
-        return {"input_ids": [x + [eos] for x in ids]}
-
-    def pack(batch):
-        stream = [t for ids in batch["input_ids"] for t in ids]
-        n = len(stream) // seq_len * seq_len  # the tail of each batch of documents is dropped
-        return {"input_ids": [stream[i : i + seq_len] for i in range(0, n, seq_len)]}
-
-    num_proc = num_proc if len(ds) >= 1000 * num_proc else None
-    tokens = ds.map(tokenize, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"tokenize {desc}")
-    return tokens.map(pack, batched=True, batch_size=1000, num_proc=num_proc, desc=f"pack {desc}")
 
 
 def collate_windows(features: list[dict]) -> dict:
@@ -54,57 +34,6 @@ def collate_windows(features: list[dict]) -> dict:
 
     ids = torch.stack([torch.as_tensor(f["input_ids"]) for f in features])
     return {"input_ids": ids, "labels": ids}
-
-
-def token_byte_lengths(tokenizer):
-    """UTF-8 bytes of every token id (0 for special tokens), for bits per byte."""
-    import torch
-
-    special = set(tokenizer.all_special_ids) | {
-        i for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)
-    }
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    # byte-level BPE writes each byte as one printable character, so a token's length is its byte count
-    return torch.tensor([0 if i in special else len(t) for i, t in enumerate(tokens)], dtype=torch.long)
-
-
-def evaluate_bpb(model, windows, token_bytes, batch_size: int = 16, autocast=None) -> dict:
-    """Held-out mean loss (nats/token) and bits per byte over packed windows."""
-    import contextlib
-
-    import torch
-    import torch.nn.functional as F
-
-    model.eval()
-    device = next(model.parameters()).device
-    token_bytes = token_bytes.to(device)
-    total_nats = total_bpb_nats = 0.0
-    total_tokens = total_bytes = 0
-    with torch.no_grad(), (autocast or contextlib.nullcontext()):
-        for start in range(0, len(windows), batch_size):
-            ids = torch.as_tensor(windows[start : start + batch_size]["input_ids"], device=device)
-            logits = model(input_ids=ids[:, :-1]).logits.float()
-            targets = ids[:, 1:]
-            nats = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-            nbytes = token_bytes[targets.reshape(-1)]
-            total_nats += nats.sum().item()
-            total_tokens += nats.numel()
-            total_bpb_nats += (nats * (nbytes > 0)).sum().item()
-            total_bytes += nbytes.sum().item()
-    model.train()
-    return {
-        "loss": total_nats / max(total_tokens, 1),
-        "bpb": total_bpb_nats / math.log(2) / max(total_bytes, 1),
-    }
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest ``checkpoint-N`` that was fully written (Trainer writes ``trainer_state.json`` last)."""
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    for path in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-    return None
 
 
 def _trainer_class():
@@ -171,7 +100,6 @@ def run(config: PretrainConfig) -> Path:
     """Pretrain a model from scratch and write RUN/pretrain/."""
     from transformers import AutoTokenizer
 
-    from .corpus import load_corpus
     from .model import build_model, count_params, default_learning_rate, model_config
     from .refs import resolve_tokenizer
 
@@ -180,7 +108,7 @@ def run(config: PretrainConfig) -> Path:
         logger.info("pretrain: %s is complete, skipping (overwrite: true to redo it)", final)
         return final
     start = time.time()
-    tokenizer_ref = resolve_tokenizer(config.tokenizer or str(config.stage_dir("tokenizer")))
+    tokenizer_ref = resolve_tokenizer(config.input_ref("tokenizer"))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
 
     train_docs, heldout_docs = load_corpus(config.corpus, config.mirror, config.heldout_fraction, config.seed)

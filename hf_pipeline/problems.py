@@ -33,7 +33,6 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 from .rewards import ANSWER_PREFIX, QUESTION_SUFFIX, SYSTEM_PROMPT, answer_line, normalize_number
@@ -550,33 +549,18 @@ def load_gsm8k(
     ``split`` are then ignored). ``answer`` is the number after
     ``####`` without commas; ``solution`` is GSM8K's worked answer without the ``<<...>>`` calculator annotations,
     ending with the answer line. Rows are skipped and counted in ``stats`` under ``missing_question``,
-    ``missing_answer`` (no ``####`` or nothing after it) or ``unparseable_answer`` (not a single number); kept rows
-    are counted under ``kept``. ``limit`` keeps the first N usable rows. ``cache_dir`` is passed to ``load_dataset``.
+    ``missing_answer`` (no ``####`` or nothing after it) or ``unparseable_answer`` (not a single number), a local
+    JSON file's broken lines under ``bad_json_line``; kept rows are counted under ``kept``. ``limit`` keeps the first
+    N usable rows. ``cache_dir`` is passed to ``datasets`` (the source is opened by ``refs.open_dataset``).
     """
     import datasets
 
-    from .refs import local_files, mirror_path
+    from .refs import Source, open_dataset
 
-    files = local_files(dataset)
-    local = mirror_path(dataset, mirror) or (Path(dataset) if Path(dataset).is_dir() or files else None)
-    path = str(local) if local else dataset
-    logger.info("loading %s (%s) %s split from %s", dataset, name, split, path)
-    # datasets caches a local folder with README configs under <folder name>/<config>/<hash of the README>: neither
-    # the folder's location nor its files' content is in the key, so another copy or an edited file would silently
-    # get the first copy's rows (and fail the split-size check against the first copy's recorded sizes). Rebuilding
-    # a local mirror's Arrow file is cheap (~0.1 s for GSM8K), so always do it, without that check.
-    local_kwargs = dict(download_mode="force_redownload", verification_mode="no_checks") if local else {}
-    if files:  # local .jsonl/.json/.parquet/.csv file(s) or a glob: their rows are the one split, whatever `split` says
-        builders = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-        suffix = files[0].suffix if files[0].suffix != ".gz" else Path(files[0].stem).suffix
-        if suffix not in builders:
-            raise ValueError(f"{dataset}: not a .jsonl, .json, .parquet or .csv file")
-        raw = datasets.load_dataset(builders[suffix], data_files=[str(f) for f in files], split="train",
-                                    cache_dir=cache_dir, **local_kwargs)
-    else:
-        raw = datasets.load_dataset(path, name, split=split, cache_dir=cache_dir, **local_kwargs)
-
+    logger.info("loading %s (%s) %s split (mirror: %s)", dataset, name, split, mirror)
     stats = stats if stats is not None else Counter()
+    raw = open_dataset(Source(dataset, name=name, split=split), mirror, what="problems", stats=stats,
+                       cache_dir=cache_dir)
     rows = []
     for row in raw:
         if limit is not None and len(rows) >= limit:

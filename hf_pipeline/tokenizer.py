@@ -36,7 +36,6 @@ IM_END = "<|im_end|>"  # ends a message; the chat model's stop token
 SEARCH_START, SEARCH_END = "<|search_start|>", "<|search_end|>"  # the model asks the search tool
 PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"  # the model asks the code interpreter
 OUTPUT_START, OUTPUT_END = "<|output_start|>", "<|output_end|>"  # a tool's result, put back into the context
-ROLES = ("system", "user", "assistant")
 TOOL_TOKENS = [SEARCH_START, SEARCH_END, PYTHON_START, PYTHON_END, OUTPUT_START, OUTPUT_END]
 RESERVED_TOKENS = [f"<|reserved_{i}|>" for i in range(5)]
 SPECIAL_TOKENS = [ENDOFTEXT, PAD, IM_START, IM_SEP, IM_END, *TOOL_TOKENS, *RESERVED_TOKENS]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_pipeline.generate import generate, load, longest_verbatim_match  # noqa: E402
+from hf_pipeline.engine import Engine, SamplingParams  # noqa: E402
+from hf_pipeline.evals.text import longest_verbatim_match  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 SEEN = DATA / "tinystories_sample.txt"  # weight 100 in recipes/tiny.yaml
@@ -44,23 +45,23 @@ def main() -> None:
     p.add_argument("--model", default="runs/tiny", help="model folder, run folder or Hub id")
     p.add_argument("--samples", type=int, default=10, help="samples per prompt for the few-shot measurement")
     args = p.parse_args()
-    model, tok = load(args.model)
+    engine = Engine.load(args.model)
 
     print("== 1. stochastic: one prompt, two seeds")
     for seed in (1, 2):
-        text = generate(model, tok, "ROMEO:\n", max_new_tokens=40, temperature=1.0, top_k=50, seed=seed)
+        text = engine.complete("ROMEO:\n", SamplingParams(max_new_tokens=40, temperature=1.0, top_k=50, seed=seed))
         print(f"-- seed {seed}: ROMEO:\n{text}\n")
 
     print("== 2. regurgitation: greedy continuation, longest verbatim match with the training text")
     seen_text = SEEN.read_text()
     for name, prompt in (("seen ~75x", SEEN_PROMPT), ("never seen", UNSEEN_PROMPT)):
-        text = generate(model, tok, prompt, max_new_tokens=80, temperature=0)
+        text = engine.complete(prompt, SamplingParams(max_new_tokens=80, temperature=0))
         match = longest_verbatim_match(text, seen_text)
         print(f"-- {name}: {prompt}{text}\n   longest verbatim match: {len(match)} characters: {match[:120]!r}\n")
 
     print("== 3. few-shot prompting: does the continuation keep the pattern?")
     for name, prompt in (("few-shot", FEW_SHOT), ("zero-shot", ZERO_SHOT)):
-        outs = [generate(model, tok, prompt, max_new_tokens=16, temperature=0.7, seed=s) for s in range(args.samples)]
+        outs = [engine.complete(prompt, SamplingParams(max_new_tokens=16, temperature=0.7, seed=s)) for s in range(args.samples)]
         kept = sum(keeps_format(o) for o in outs)
         print(f"-- {name}: {kept}/{len(outs)} continuations answer on one line then ask the next 'Q: '; "
               f"e.g. ...{prompt[-16:]!r} + {outs[0]!r}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_pipeline.chat import generate_replies, load_chat_model  # noqa: E402
+from hf_pipeline.engine import Engine, SamplingParams  # noqa: E402
 from hf_pipeline.problems import generate_problems  # noqa: E402
 from hf_pipeline.rewards import equations, is_correct  # noqa: E402
 
@@ -40,12 +40,11 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=40)
     args = parser.parse_args()
 
-    model, tokenizer, _ = load_chat_model(args.model)
+    engine = Engine.load(args.model, chat=True)
     test = generate_problems(args.n, seed=0, split="test", steps=args.steps, max_number=args.max_number)
     prompts, answers = list(test["prompt"]), list(test["answer"])
 
-    common = dict(max_new_tokens=args.max_new_tokens, batch_size=64)
-    replies = generate_replies(model, tokenizer, prompts, **common)  # greedy
+    replies = engine.reply(prompts, SamplingParams(max_new_tokens=args.max_new_tokens), batch_size=64)  # greedy
     greedy = [is_correct(r["reply"], a) for r, a in zip(replies, answers)]
     by_template = defaultdict(list)
     for source, right in zip(test["source"], greedy):
@@ -55,9 +54,10 @@ def main() -> None:
 
     pass8 = {}
     for temperature in (0.5, 1.0):
-        # SAMPLES samples per problem, drawn as hf_pipeline.grpo.measure draws pass@k
-        sampled = generate_replies(model, tokenizer, [p for p in prompts for _ in range(SAMPLES)],
-                                   temperature=temperature, top_k=0, top_p=1.0, seed=0, **common)
+        # SAMPLES samples per problem, drawn as hf_pipeline.evals.problems.pass_at_k draws pass@k
+        sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,
+                                  seed=0)
+        sampled = engine.reply([p for p in prompts for _ in range(SAMPLES)], sampling, batch_size=64)
         right = [sum(is_correct(sampled[i * SAMPLES + j]["reply"], answers[i]) for j in range(SAMPLES))
                  for i in range(len(prompts))]
         pass8[temperature] = sum(r > 0 for r in right) / len(right)

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from hf_pipeline.chat import ChatSession, chat, generate_replies, load_chat_model
+from hf_pipeline.engine import ChatSession, Engine, SamplingParams, chat
 from hf_pipeline.config import ConfigError
 from hf_pipeline.tokenizer import IM_END, IM_START
 
@@ -50,8 +50,8 @@ def test_stream_yields_the_reply_and_greedy_is_deterministic(session):
     assert "".join(pieces).strip() == session.messages[-1]["content"] and len(pieces) > 1
     assert chat(session.model, "Good morning", tokenizer=session.tokenizer, temperature=0,
                 max_new_tokens=8) == session.messages[-1]["content"]
-    batch = generate_replies(session.model, session.tokenizer, [[{"role": "user", "content": "Good morning"}]],
-                             max_new_tokens=8)
+    batch = Engine(session.model, session.tokenizer).reply([[{"role": "user", "content": "Good morning"}]],
+                                                           SamplingParams(max_new_tokens=8))
     assert batch[0]["reply"] == session.messages[-1]["content"]
     assert batch[0]["tokens"] == 8 and not batch[0]["stopped"]  # a base model does not end its turn
 
@@ -109,6 +109,6 @@ def test_chat_refuses_a_model_without_chat_template(tiny_run, tmp_path):
     config.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="no chat template"):
-        load_chat_model(str(folder))
+        Engine.load(str(folder), chat=True)
     with pytest.raises(ConfigError, match="no such model folder"):
-        load_chat_model(str(tmp_path / "missing"))
+        Engine.load(str(tmp_path / "missing"), chat=True)

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import GPT2, MIRROR, SHAKESPEARE, SHARED_DATA, run_cli
 from hf_pipeline.cli import main
-from hf_pipeline.config import ConfigError, PretrainConfig, TextSource, build_config
+from hf_pipeline.config import ConfigError, PretrainConfig, Source, build_config
 
 
 def write_recipe(tmp_path, recipe: dict | str, name: str = "recipe.yaml"):
@@ -26,7 +26,7 @@ def test_recipe_section_and_command_line_merge(tmp_path):
     config = build_config("pretrain", ["--config", str(recipe), "--depth", "5", "--bf16", "false"])
     assert isinstance(config, PretrainConfig)
     assert (config.seed, config.depth, config.bf16, config.mirror) == (7, 5, False, str(MIRROR))
-    assert config.corpus == [TextSource(str(SHAKESPEARE)), TextSource(str(SHAKESPEARE), weight=2.5)]
+    assert config.corpus == [Source(str(SHAKESPEARE)), Source(str(SHAKESPEARE), weight=2.5)]
     assert config.stage_dir() == tmp_path / "run" / "pretrain"
 
 
@@ -44,7 +44,7 @@ def test_mirror_comes_from_the_environment(monkeypatch):
         ({"pretrain": {"depth": 2.5}}, "recipe.yaml: pretrain.depth: expected int, got 2.5"),
         ({"pretrain": {"bf16": "maybe"}}, "recipe.yaml: pretrain.bf16: expected bool (true/false), got 'maybe'"),
         ({"pretrain": {"learning_rate": [1, 2]}}, "recipe.yaml: pretrain.learning_rate: expected a single value"),
-        ({"pretrain": {"corpus": [{"path": "a.txt", "colour": 1}]}}, "pretrain.corpus: TextSource.__init__() got an unexpected keyword argument 'colour'"),
+        ({"pretrain": {"corpus": [{"path": "a.txt", "colour": 1}]}}, "pretrain.corpus: unknown key 'colour'"),
         ({"pretrain": {"corpus": [{"path": "a.txt", "sample_by": "word"}]}}, "sample_by must be line, paragraph or document"),
         ({"stages": ["tokenizer", "pretrian"]}, "stages: unknown stage 'pretrian' (did you mean 'pretrain'?)"),
         ({"pretrain": 3}, "section 'pretrain' must be a mapping"),
@@ -97,13 +97,13 @@ def test_unknown_dataset_id_fails_at_start(tmp_path, capsys, monkeypatch):
 
 def test_dataset_ids_resolve_through_the_mirror(tmp_path):
     """A Hub id found in the mirror loads offline, with the dataset's own config, split and column."""
-    from hf_pipeline.config import TextSource
+    from hf_pipeline.config import Source
     from hf_pipeline.corpus import load_source
 
-    ds = load_source(TextSource("openai/gsm8k", name="main", split="train", text_column="question"), str(MIRROR))
+    ds = load_source(Source("openai/gsm8k", name="main", split="train", text_column="question"), str(MIRROR))
     assert ds.column_names == ["text"] and len(ds) == 7473
     with pytest.raises(ConfigError, match="has no column 'body'"):
-        load_source(TextSource("openai/gsm8k", name="main", text_column="body"), str(MIRROR))
+        load_source(Source("openai/gsm8k", name="main", text_column="body"), str(MIRROR))
 
 
 def test_run_executes_the_recipe_and_skips_finished_stages(tmp_path):

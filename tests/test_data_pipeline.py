@@ -17,7 +17,7 @@ import datasets
 import pytest
 
 from conftest import HTML, ROOT, TRUTH, WEB, run_cli
-from hf_pipeline.config import ConfigError, DataConfig, TextSource, build_config
+from hf_pipeline.config import ConfigError, DataConfig, Source, build_config
 from hf_pipeline.data import pipeline
 
 FINEWEB_ORDER = ["read", "url_filter", "extraction", "language", "gopher_repetition", "gopher_quality", "c4_quality",
@@ -203,7 +203,7 @@ def test_slurm_switch_builds_datatrove_slurm_executors(tmp_path):
 
     config = DataConfig(inputs=[str(HTML)], output_dir=str(tmp_path), executor="slurm",
                         executor_options={"partition": "cpu", "time": "01:00:00", "cpus_per_task": 2})
-    root, files = pipeline.input_files(config)
+    root, files = pipeline.input_files(config.inputs)
     stages = pipeline.build_stages(config, root, files, tmp_path / "out", tmp_path)
     executor = None
     for stage in stages:
@@ -245,22 +245,21 @@ def test_killed_run_resumes_without_redoing_finished_tasks_or_duplicating_output
 
 
 def test_tiny_recipe_feeds_the_data_stage_output_to_pretraining(web_run, tmp_path):
-    from hf_pipeline.cli import check_inputs
     from hf_pipeline.corpus import load_source
 
     recipe = ["--config", str(ROOT / "recipes" / "tiny.yaml"), "--output_dir", str(tmp_path)]
     config = build_config("pretrain", recipe)
     assert str(tmp_path / "data") in [s.path for s in config.corpus]
-    check_inputs(config, planned=("data", "tokenizer"))  # made earlier in the same run: fine
+    config.check(planned=("data", "tokenizer"))  # made earlier in the same run: fine
     with pytest.raises(ConfigError, match=f"pretrain.corpus: '{tmp_path / 'data'}' not found"):
-        check_inputs(config, planned=("tokenizer",))
-    docs = load_source(TextSource(path=str(web_run / "data")))
+        config.check(planned=("tokenizer",))
+    docs = load_source(Source(path=str(web_run / "data")))
     assert len(docs) == len(load(web_run)) and docs.column_names == ["text"]
 
 
 def test_remote_style_input_urls_resolve_like_local_paths():
-    local = pipeline.input_files(DataConfig(inputs=[str(WEB / "*.warc.gz")]))
-    url = pipeline.input_files(DataConfig(inputs=[f"file://{WEB}/*.warc.gz"]))
+    local = pipeline.input_files([str(WEB / "*.warc.gz")])
+    url = pipeline.input_files([f"file://{WEB}/*.warc.gz"])
     assert url == (f"file://{WEB}", local[1]) and len(local[1]) == 3
     with pytest.raises(ConfigError, match="must be the only input"):
-        pipeline.input_files(DataConfig(inputs=[f"file://{WEB}/*.warc.gz", str(HTML)]))
+        pipeline.input_files([f"file://{WEB}/*.warc.gz", str(HTML)])

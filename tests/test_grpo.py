@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import MIRROR, ROOT
 from hf_pipeline import grpo
-from hf_pipeline.cli import check_inputs
+from hf_pipeline.artifacts import BASELINE_FILE
 from hf_pipeline.config import ConfigError, GRPOStageConfig, build_config
 from hf_pipeline.tokenizer import IM_END
 
@@ -47,7 +47,7 @@ def grpo_run(tiny_run, tmp_path_factory):
 def test_grpo_steps_log_every_reward_and_write_the_stage(grpo_run):
     stage = grpo_run.stage_dir()
     assert stage.is_dir() and not stage.with_name("grpo.incomplete").exists()
-    assert not (stage / "checkpoints").exists() and not (stage / grpo.BASELINE_FILE).exists()
+    assert not (stage / "checkpoints").exists() and not (stage / BASELINE_FILE).exists()
     metrics = json.loads((stage / "metrics.json").read_text())
     for name in ("pass1", "pass1_strict", "pass1_checked", "passk", "sample_accuracy", "mean_completion_tokens",
                  "stop_rate"):
@@ -172,13 +172,13 @@ def test_bad_problem_rows_skipped_and_counted(tiny_run, tmp_path):
     ]
     path = tmp_path / "problems.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in good[:5] + bad + good[5:]))
-    # through the recipe parser and the CLI's input check, as `hf-pipeline grpo --problems FILE` runs it
+    # through the recipe parser and the config's input check, as `hf-pipeline grpo --problems FILE` runs it
     config = build_config("grpo", [
         "--output_dir", str(tmp_path / "run"), "--model", str(tiny_run), "--problems", str(path), "--seed", "0",
         "--num_proc", "1", "--num_test_problems", "4", "--num_train_problems", "100", "--num_generations", "2",
         "--batch_size", "2", "--max_steps", "1", "--max_completion_length", "8", "--pass_k", "1",
     ])
-    check_inputs(config)
+    config.check()
     stage = grpo.run(config)
     metrics = json.loads((stage / "metrics.json").read_text())
     assert metrics["skipped_missing_answer"] == 2 and metrics["skipped_unparseable_answer"] == 1
@@ -195,9 +195,9 @@ def test_bad_grpo_settings_fail_with_one_line(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="num_generations: must be >= 2"):
         build_config("grpo", ["--batch_size", "8", "--num_generations", "1"])
     with pytest.raises(ConfigError, match="grpo.problems"):
-        check_inputs(build_config("grpo", ["--model", str(tiny_run), "--problems", str(tmp_path / "none.jsonl")]))
+        build_config("grpo", ["--model", str(tiny_run), "--problems", str(tmp_path / "none.jsonl")]).check()
     with pytest.raises(ConfigError, match="sft"):  # no model given and no RUN/sft to start from
-        check_inputs(build_config("grpo", ["--output_dir", str(tmp_path / "empty")]))
+        build_config("grpo", ["--output_dir", str(tmp_path / "empty")]).check()
 
 
 def test_problem_headroom_script_reports_accuracy_and_equation_errors(grpo_run):

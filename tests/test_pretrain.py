@@ -15,7 +15,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from conftest import ROOT, SHAKESPEARE, run_cli
-from hf_pipeline.generate import generate, load, longest_verbatim_match
+from hf_pipeline.engine import Engine, SamplingParams
+from hf_pipeline.evals.text import longest_verbatim_match
 from hf_pipeline.model import BF16_CPU_FLAGS, cpu_has_fast_bf16, default_learning_rate, model_config, precision_args
 
 
@@ -68,15 +69,15 @@ def test_bf16_only_where_the_cpu_has_bf16_matmuls(caplog):
 
 
 def test_sampling_is_seeded_and_greedy_is_deterministic(tiny_run):
-    model, tokenizer = load(str(tiny_run))  # a run folder resolves to its latest model stage
-    a = generate(model, tokenizer, "ROMEO:", max_new_tokens=20, temperature=1.0, seed=1)
-    b = generate(model, tokenizer, "ROMEO:", max_new_tokens=20, temperature=1.0, seed=2)
-    a_again = generate(model, tokenizer, "ROMEO:", max_new_tokens=20, temperature=1.0, seed=1)
+    engine = Engine.load(str(tiny_run))  # a run folder resolves to its latest model stage
+    a = engine.complete("ROMEO:", SamplingParams(max_new_tokens=20, temperature=1.0, seed=1))
+    b = engine.complete("ROMEO:", SamplingParams(max_new_tokens=20, temperature=1.0, seed=2))
+    a_again = engine.complete("ROMEO:", SamplingParams(max_new_tokens=20, temperature=1.0, seed=1))
     assert a != b and a == a_again
-    g1 = generate(model, tokenizer, "ROMEO:", max_new_tokens=10, temperature=0)
-    g2 = generate(model, tokenizer, "ROMEO:", max_new_tokens=10, temperature=0, seed=5)
+    g1 = engine.complete("ROMEO:", SamplingParams(max_new_tokens=10, temperature=0))
+    g2 = engine.complete("ROMEO:", SamplingParams(max_new_tokens=10, temperature=0, seed=5))
     assert g1 == g2
-    topk1 = generate(model, tokenizer, "ROMEO:", max_new_tokens=10, temperature=1.0, top_k=1, seed=3)
+    topk1 = engine.complete("ROMEO:", SamplingParams(max_new_tokens=10, temperature=1.0, top_k=1, seed=3))
     assert topk1 == g1  # top-k of 1 is greedy
 
 

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import SHARED_DATA, run_cli
 from hf_pipeline import sft
-from hf_pipeline.chat import ChatSession, generate_replies, load_chat_model
+from hf_pipeline.engine import ChatSession, Engine, SamplingParams
+from hf_pipeline.evals.chat import IDENTITY_QUESTIONS
 from hf_pipeline.config import SFTStageConfig
 from hf_pipeline.refs import resolve_model
 from hf_pipeline.tokenizer import IM_END
@@ -56,8 +57,8 @@ def sft_run(tiny_run, tmp_path_factory):
 def test_sft_model_learns_the_reply_and_stops_at_im_end(sft_run):
     stage = sft_run.stage_dir()
     metrics = json.loads((stage / "metrics.json").read_text())
-    assert metrics["stop_rate_base"] == 0.0  # a base model never ends a turn
-    assert metrics["stop_rate"] == 1.0 and metrics["reply_tokens"] < 16
+    assert metrics["stop_rate_before"] == 0.0  # a base model never ends a turn
+    assert metrics["stop_rate_after"] == 1.0 and metrics["reply_tokens_after"] < 16
     assert metrics["heldout_loss_after"] < metrics["heldout_loss_before"] - 1.0
     assert metrics["steps"] == 60 and metrics["train_seconds"] > 0
     # plain transformers, no pipeline code: EOS is <|im_end|> and generation stops there by itself
@@ -78,11 +79,12 @@ def test_sft_model_learns_the_reply_and_stops_at_im_end(sft_run):
 def test_metrics_keys_samples_and_chat_defaults(sft_run):
     stage = sft_run.stage_dir()
     metrics = json.loads((stage / "metrics.json").read_text())
-    for key in ("heldout_loss_before", "heldout_loss_after", "stop_rate", "stop_rate_base", "identity_accuracy",
-                "identity_accuracy_base", "mmlu_accuracy", "mmlu_accuracy_base", "train_conversations",
+    for key in ("heldout_loss_before", "heldout_loss_after", "stop_rate_after", "stop_rate_before",
+                "identity_accuracy_after", "identity_accuracy_before", "mmlu_accuracy_after", "mmlu_accuracy_before",
+                "train_conversations",
                 "identity_conversations", "train_seconds", "wall_time_s"):
         assert metrics[key] is not None, key
-    assert metrics["mmlu_questions"] == 4 and 0 <= metrics["mmlu_accuracy"] <= 1
+    assert metrics["mmlu_questions_after"] == 4 and 0 <= metrics["mmlu_accuracy_after"] <= 1
     assert metrics["skipped_empty_content"] == 1 and metrics["skipped_non_text_content"] == 1  # the bad rows
     # 48 taught conversations, a fifth held out; 91 identity conversations at weight 0.25: 23
     assert metrics["heldout_conversations"] == 9 and metrics["identity_conversations"] == 23
@@ -90,7 +92,7 @@ def test_metrics_keys_samples_and_chat_defaults(sft_run):
     assert metrics["skipped_too_long"] > 0
     assert metrics["train_conversations"] + metrics["skipped_too_long"] == 48 - 9 + 23
     samples = json.loads((stage / "samples.json").read_text())
-    assert len(samples["after"]["identity"]) == len(sft.IDENTITY_QUESTIONS)
+    assert len(samples["after"]["identity"]) == len(IDENTITY_QUESTIONS)
     assert all(s["stopped"] and s["reply"] == REPLY for s in samples["after"]["stop"])
     chat_config = json.loads((stage / "chat_config.json").read_text())
     assert chat_config["system_message"] == "You are Wren." and chat_config["assistant_name"] == "Wren"
@@ -101,10 +103,10 @@ def test_reloaded_model_reproduces_the_in_memory_replies(sft_run):
     """The identity replies in samples.json came from the model in memory; the saved folder gives the same ones."""
     stage = sft_run.stage_dir()
     samples = json.loads((stage / "samples.json").read_text())["after"]["identity"]
-    model, tokenizer, _ = load_chat_model(str(sft_run.output_dir))  # the run folder resolves to RUN/sft
+    engine = Engine.load(str(sft_run.output_dir), chat=True)  # the run folder resolves to RUN/sft
     conversations = [[{"role": "system", "content": "You are Wren."}, {"role": "user", "content": q}]
-                     for q, _ in sft.IDENTITY_QUESTIONS]
-    replies = generate_replies(model, tokenizer, conversations, max_new_tokens=48)
+                     for q, _ in IDENTITY_QUESTIONS]
+    replies = engine.reply(conversations, SamplingParams(max_new_tokens=48))
     assert [r["reply"] for r in replies] == [s["reply"] for s in samples]
 
 
@@ -119,7 +121,7 @@ def test_resume_from_the_last_checkpoint(sft_run, tmp_path):
     sft.run(config)
     metrics = json.loads((run_dir / "sft" / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("checkpoint-30") and metrics["steps"] == 60
-    assert metrics["stop_rate"] == 1.0
+    assert metrics["stop_rate_after"] == 1.0
     history = json.loads((run_dir / "sft" / "log_history.json").read_text())["log_history"]
     first = json.loads((sft_run.stage_dir() / "log_history.json").read_text())["log_history"]
     losses = [[h["loss"] for h in log if "loss" in h and h["step"] <= 30] for log in (history, first)]
@@ -159,7 +161,7 @@ def test_lora_adapter_saves_reloads_and_merges(tiny_run, tmp_path):
     for ref in (str(stage), str(stage / "merged")):
         session = ChatSession(ref, temperature=0, max_new_tokens=48)
         assert session.system == "You are Wren."  # chat_config.json travels with both folders
-        assert session.send(sft.IDENTITY_QUESTIONS[0][0]) == samples[0]["reply"]
+        assert session.send(IDENTITY_QUESTIONS[0][0]) == samples[0]["reply"]
 
 
 def test_identity_placeholders_filled_or_dropped(tmp_path):
@@ -211,10 +213,10 @@ def test_identity_questions_are_not_in_the_identity_data():
         for message in json.loads(line)["messages"]:
             if message["role"] == "user":
                 trained.add(norm("".join(part["value"] for part in message["content"])))
-    questions = [q for q, _ in sft.IDENTITY_QUESTIONS]
+    questions = [q for q, _ in IDENTITY_QUESTIONS]
     assert len(questions) == len(set(questions)) == 20
     assert not {norm(q) for q in questions} & trained
-    assert {kind for _, kind in sft.IDENTITY_QUESTIONS} == {"name", "author"}
+    assert {kind for _, kind in IDENTITY_QUESTIONS} == {"name", "author"}
 
 
 def test_missing_dataset_or_model_fails_with_one_line(tiny_run, tmp_path):
@@ -260,9 +262,21 @@ def test_worked_problems_mixed_in_with_the_rl_prompt_and_no_held_out_problem(tmp
     assert not questions & held_out
     practice = generate_problems(30, seed=0, split="train", steps=(1, 2), max_number=10)["question"]
     assert questions != set(practice)  # another draw (seed + 1) than the grpo stage's practice problems
-    # the only source is enough for the CLI's input check
-    from hf_pipeline.cli import check_inputs
-
-    check_inputs(config, planned=("pretrain",))
+    # the only source is enough for the config's input check
+    config.check(planned=("pretrain",))
     with pytest.raises(Exception, match="no conversation sources"):
-        check_inputs(sft_config(tmp_path, None, [], identity_data=None), planned=("pretrain",))
+        sft_config(tmp_path, None, [], identity_data=None).check(planned=("pretrain",))
+
+
+def test_eval_verb_gives_the_stage_measures(sft_run, tmp_path):
+    """`hf-pipeline eval` runs the functions the stage ran: on the stage's model, the same figures."""
+    metrics = json.loads((sft_run.stage_dir() / "metrics.json").read_text())
+    out = run_cli("eval", sft_run.stage_dir(), "--suites", "chat", "mmlu", "--mirror", SHARED_DATA / "hub",
+                  "--mmlu_limit", "4", "--max_length", "96", "--max_new_tokens", "16", "--num_prompts", "4",
+                  "--output_dir", tmp_path / "eval")
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert got["identity_accuracy"] == metrics["identity_accuracy_after"]  # name, author, system from chat_config
+    assert got["mmlu_accuracy"] == metrics["mmlu_accuracy_after"] and got["mmlu_questions"] == 4
+    assert 0 <= got["stop_rate"] <= 1 and got["reply_tokens"] > 0
+    assert str(tmp_path / "eval") in out.stdout and '"identity_accuracy"' in out.stdout

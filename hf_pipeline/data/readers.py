@@ -15,10 +15,13 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from pathlib import Path
 from typing import Callable
 
 from datatrove.pipeline.readers.base import BaseDiskReader
 from loguru import logger  # datatrove's logger
+
+from ..errors import ConfigError
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
@@ -166,3 +169,59 @@ class WebReader(BaseDiskReader):
         stem = filepath.rsplit("/", 1)[-1].split(".")[0]
         metadata = {"url": self.url_by_file.get(stem), "source_file": filepath, "is_plain_text": False}
         yield self.get_document_from_dict({"text": text, "id": stem, "metadata": metadata}, filepath, 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which files, and their URLs (checked by DataConfig.check before anything runs)
+
+
+def input_files(inputs: list[str]) -> tuple[str, list[str]]:
+    """Resolve ``inputs`` to a root folder and the files under it (relative paths, stable order).
+
+    Local inputs are files, globs or folders. A remote input (``s3://bucket/crawl/*.warc.gz``, ``hf://...``: any
+    fsspec URL datatrove reads) must be the only input; its folder is listed with its glob.
+    """
+    from ..refs import GLOB_CHARS, local_files
+
+    remote = [ref for ref in inputs if "://" in ref]
+    if remote:
+        if len(inputs) > 1:
+            raise ConfigError("data.inputs: a remote input (scheme://...) must be the only input")
+        from datatrove.io import get_datafolder
+
+        ref = remote[0]
+        cut = min((ref.index(c) for c in GLOB_CHARS if c in ref), default=len(ref))
+        root = ref[:cut].rsplit("/", 1)[0] if cut < len(ref) else ref
+        pattern = ref[len(root):].lstrip("/") or None
+        files = sorted(get_datafolder(root).list_files(recursive=True, glob_pattern=pattern))
+        if not files:
+            raise ConfigError(f"data.inputs: '{ref}' matches no file")
+        return root, files
+    found: list[Path] = []
+    for ref in inputs:
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            matched = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            matched = local_files(ref)
+        if not matched:
+            raise ConfigError(f"data.inputs: '{ref}' matches no file")
+        found.extend(p.resolve() for p in matched)
+    found = sorted(set(found))
+    root = Path(os.path.commonpath([str(p.parent) for p in found]))
+    return str(root), [str(p.relative_to(root)) for p in found]
+
+
+def load_url_map(path: str | None) -> dict[str, str]:
+    """``{file stem: url}`` from a JSON file; values may be URLs or objects with a ``url`` field."""
+    if not path:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"data.url_map: '{path}' not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"data.url_map: '{path}' is not valid JSON (line {e.lineno})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"data.url_map: '{path}' must hold a JSON object {{name: url}}")
+    return {k: (v.get("url") if isinstance(v, dict) else v) for k, v in raw.items()}

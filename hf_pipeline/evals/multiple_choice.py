@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from .config import MIRROR_ENV, ConfigError
+from ..config import MIRROR_ENV, ConfigError
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -60,17 +60,13 @@ def load_mmlu(
     ``mirror``: a folder laid out as ``<org>/<name>/`` (default: $HF_PIPELINE_MIRROR) tried before the Hub id
     ``cais/mmlu``. ``subjects`` keeps only those subjects; ``limit`` keeps the first ``limit`` rows after that.
     """
-    from datasets import load_dataset
-
-    from .refs import mirror_path
+    from ..config import Source
+    from ..refs import mirror_path, open_dataset
 
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
     local = mirror_path(MMLU_ID, mirror)
     source = str(local) if local else MMLU_ID
-    try:
-        ds = load_dataset(source, MMLU_CONFIG, split=split)
-    except ValueError as e:  # an unknown split, e.g. "test" in a mirror that holds only dev and validation
-        raise ConfigError(f"mmlu: cannot load split '{split}' from {source} ({str(e).splitlines()[0][:200]})") from None
+    ds = open_dataset(Source(MMLU_ID, name=MMLU_CONFIG, split=split), mirror, what="mmlu")  # an unknown split: ConfigError
     if subjects:
         wanted = set(subjects)
         unknown = wanted - set(ds.unique("subject"))
@@ -250,7 +246,7 @@ def score_multiple_choice(
     """
     import torch
 
-    from .metrics import load_metric
+    from ..metrics import load_metric
 
     rows = list(dataset)
     if not rows:

@@ -1,4 +1,5 @@
-"""Evaluation: the shipped accuracy metric, MMLU from the mirror, its prompts, and letter scoring with a tiny model.
+"""Evaluation: the shipped accuracy metric, MMLU from the mirror, its prompts, letter scoring with a tiny model, and
+the ``eval`` verb on any model reference.
 
 The scorer batches and pads; here every prediction is checked against log-probabilities computed independently,
 one question and one letter at a time, with a plain forward pass over the whole unpadded sequence.
@@ -6,6 +7,7 @@ one question and one letter at a time, with a plain forward pass over the whole 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,9 +16,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import MIRROR
+from conftest import MIRROR, SHAKESPEARE, run_cli
 from hf_pipeline.config import ConfigError
-from hf_pipeline.evaluation import format_mmlu_prompt, load_mmlu, score_multiple_choice
+from hf_pipeline.evals.multiple_choice import format_mmlu_prompt, load_mmlu, score_multiple_choice
 from hf_pipeline.metrics import load_metric
 
 METRIC_DIR = Path(__file__).resolve().parents[1] / "hf_pipeline" / "metrics" / "multiple_choice_accuracy"
@@ -170,3 +172,25 @@ def test_long_prompts_keep_their_end(tiny_lm, mmlu_validation, caplog):
     assert score_multiple_choice(model, tokenizer, questions, show_progress=False)["truncated"] == 10
     with pytest.raises(ConfigError, match="max_length"):
         score_multiple_choice(model, tokenizer, questions, max_length=1, show_progress=False)
+
+
+def test_eval_verb_measures_any_model_and_writes_metrics(tiny_run, tmp_path):
+    """bits per byte and pass@k on the tiny base model, by reference, with the functions the stages call."""
+    out = run_cli("eval", tiny_run, "--suites", "bpb", "problems", "--bpb_texts", SHAKESPEARE, "--seq_len", "64",
+                  "--bpb_max_windows", "8", "--num_problems", "4", "--k", "2", "--max_completion_length", "8",
+                  "--output_dir", tmp_path / "eval")
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["bpb_windows"] == 8 and metrics["bpb_seq_len"] == 64 and 0 < metrics["heldout_bpb"] < 8
+    for key in ("pass1", "passk", "sample_accuracy", "stop_rate"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["suites"] == ["bpb", "problems"] and (tmp_path / "eval" / "config.yaml").is_file()
+    printed = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
+    assert printed["heldout_bpb"] == metrics["heldout_bpb"]
+
+
+def test_eval_verb_bad_suite_is_one_line(tiny_run, tmp_path):
+    out = run_cli("eval", tiny_run, "--suite", "chatt", "--output_dir", tmp_path / "eval")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "hf-pipeline: error: eval.suites: unknown suite 'chatt' (known: bpb, mmlu, chat, problems)"]
+    assert not (tmp_path / "eval").exists()

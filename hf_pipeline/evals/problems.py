@@ -1,0 +1,42 @@
+"""Verifiable problems: pass@1 (greedy), pass@k (k samples) and what the replies look like.
+
+    pass1              share of problems whose greedy completion has the right final answer (gsm8k_accuracy metric)
+    pass1_strict       the same, counting only answers given on a "#### N" line
+    pass1_checked      the same, counting only answers the reply's own arithmetic reaches (rewards.work_checks):
+                       the rest are right by luck
+    passk              share of problems solved by at least one of k sampled completions
+    sample_accuracy    share of those k x problems samples that are correct (sampled pass@1)
+    mean_completion_tokens, stop_rate   of the greedy completions
+"""
+
+from __future__ import annotations
+
+from ..engine import Engine, SamplingParams
+
+
+def pass_at_k(engine: Engine, problems, k: int, max_new_tokens: int, temperature: float = 1.0,
+              batch_size: int = 64, seed: int | None = None, n_samples: int = 20) -> tuple[dict, list[dict]]:
+    """Measure ``problems`` (rows with ``prompt``, ``question``, ``answer``); returns ``(metrics, samples)``."""
+    from ..metrics import load_metric
+    from ..rewards import is_correct, work_checks
+
+    prompts, answers = list(problems["prompt"]), list(problems["answer"])
+    greedy = engine.reply(prompts, SamplingParams(max_new_tokens=max_new_tokens), batch_size=batch_size)
+    scores = load_metric("gsm8k_accuracy").compute(predictions=[g["reply"] for g in greedy], references=answers)
+    greedy_right = [is_correct(g["reply"], a) for g, a in zip(greedy, answers)]
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0, seed=seed)
+    sampled = engine.reply([p for p in prompts for _ in range(k)], sampling, batch_size=batch_size)
+    correct = [is_correct(s["reply"], answers[i // k]) for i, s in enumerate(sampled)]
+    metrics = {
+        "pass1": scores["accuracy"],
+        "pass1_strict": scores["strict_accuracy"],
+        "pass1_checked": sum(right and work_checks(g["reply"])
+                             for g, right in zip(greedy, greedy_right)) / len(prompts),
+        "passk": sum(any(correct[i * k:(i + 1) * k]) for i in range(len(prompts))) / len(prompts),
+        "sample_accuracy": sum(correct) / len(correct),
+        "mean_completion_tokens": sum(g["tokens"] for g in greedy) / len(greedy),
+        "stop_rate": sum(g["stopped"] for g in greedy) / len(greedy),
+    }
+    samples = [{"question": q, "answer": a, "reply": g["reply"], "correct": right}
+               for q, a, g, right in list(zip(problems["question"], answers, greedy, greedy_right))[:n_samples]]
+    return metrics, samples

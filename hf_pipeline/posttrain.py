@@ -1,0 +1,192 @@
+"""The post-training lifecycle, written once: every stage that trains a model from a model uses it.
+
+    start model (config.model, else the stage table's default: sft <- RUN/pretrain, grpo <- RUN/sft)
+    -> the stage's data -> RUN/<stage>.incomplete/ (kept if a checkpoint can be resumed), config.yaml
+    -> the stage's TRL trainer
+    -> measure the starting model, once (kept in baseline.json: a resumed run reads what the killed one measured)
+    -> train (resuming from the last complete checkpoint)
+    -> measure the trained model the same way
+    -> save the model or adapter, tokenizer, generation config, chat defaults (merged/ for merge_lora)
+    -> metrics.json: every measure as <measure>_before / <measure>_after, then the training figures;
+       samples.json (before/after), log_history.json -> rename to RUN/<stage>/
+
+A stage subclasses ``PostTrainingStage`` and fills in what is its own: ``load_data``, ``make_trainer``, ``measure``,
+and optionally ``load_start`` (its model preparation), ``save_extra`` and ``stage_metrics``. Measuring never changes
+the training run: the random states (torch, numpy, random) are the same with and without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from .artifacts import (BASELINE_FILE, begin_stage, finish_stage, format_metrics, incomplete_dir, is_complete,
+                        last_complete_checkpoint, measure_once, write_json)
+from .config import ConfigError, PostTrainingConfig, save_config
+from .engine import CHAT_CONFIG, Engine
+
+logger = logging.getLogger("hf_pipeline")
+
+CHECKPOINTS = "checkpoints"
+
+
+def before_after(before: dict, after: dict) -> dict:
+    """``{measure}_before`` / ``{measure}_after`` for every measure of either side (None where one lacks it)."""
+    keys = list(dict.fromkeys([*before, *after]))
+    return {f"{k}_{side}": values.get(k) for k in keys for side, values in (("before", before), ("after", after))}
+
+
+class PostTrainingStage:
+    """One post-training stage. ``run()`` is the lifecycle; subclasses implement the hooks below."""
+
+    def __init__(self, config: PostTrainingConfig):
+        self.config = config
+        self.name = config.stage
+        self.chat_config: dict = {}  # written beside the model (chat defaults), if not empty
+
+    # --- hooks ------------------------------------------------------------------------------------------------------
+
+    def load_start(self, path: str, work: Path):
+        """The starting model (float32; a LoRA adapter folder merged into its base) and its tokenizer."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"{self.name}.model: {path} has no chat template in its tokenizer")
+        try:
+            if (Path(path) / "adapter_config.json").is_file():
+                from peft import AutoPeftModelForCausalLM
+
+                model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch.float32).merge_and_unload()
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{self.name}.model: cannot load {path} ({str(e).splitlines()[0][:200]})") from None
+        if torch.cuda.is_available():  # the "before" measures generate on the accelerator too
+            model.to("cuda")
+        return model, tokenizer
+
+    def load_data(self, tokenizer) -> None:
+        """Read the stage's data (stored on ``self``) and log what was read, kept and skipped."""
+        raise NotImplementedError
+
+    def make_trainer(self, model, tokenizer, output_dir: str):
+        """The stage's TRL trainer, checkpointing into ``output_dir`` (the lifecycle keeps it as ``self.trainer``)."""
+        raise NotImplementedError
+
+    def measure(self, engine: Engine, trainer) -> tuple[dict, object]:
+        """The stage's measures of ``engine.model``: ``(flat metrics, samples)``."""
+        raise NotImplementedError
+
+    def save_extra(self, work: Path, model, tokenizer) -> None:
+        """Files beside the model besides what the lifecycle saves."""
+
+    def stage_metrics(self) -> dict:
+        """The stage's own metrics (data counts, settings), after the before/after pairs."""
+        return {}
+
+    # --- the lifecycle ------------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        import torch
+        import transformers
+
+        config, name = self.config, self.name
+        final = config.stage_dir()
+        if is_complete(final) and not config.overwrite:
+            logger.info("%s: %s is complete, skipping (overwrite: true to redo it)", name, final)
+            return final
+        start = time.time()
+        from .refs import resolve_model
+
+        model_path = resolve_model(config.input_ref("model"))
+        if Path(model_path).is_dir():  # absolute, so that a LoRA adapter finds its base model from anywhere
+            model_path = str(Path(model_path).resolve())
+        resume_from = last_complete_checkpoint(incomplete_dir(final) / CHECKPOINTS) if config.resume else None
+        work = begin_stage(final, keep_partial=resume_from is not None)
+        save_config(config, work / "config.yaml")
+        transformers.set_seed(config.seed)
+        model, tokenizer = self.load_start(model_path, work)
+        self.load_data(tokenizer)
+        trainer = self.trainer = self.make_trainer(model, tokenizer, str(work / CHECKPOINTS))
+        model = trainer.model  # the PeftModel with LoRA
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        logger.info("%s: %s, %.2fM of %.2fM parameters trained", name,
+                    "LoRA" if config.use_lora else "all weights", trainable / 1e6, total / 1e6)
+        engine = Engine(model, tokenizer)
+
+        # 1. The starting model, measured once (a resumed run reads what the killed one measured).
+        def measure_start():
+            import random
+
+            import numpy as np
+
+            states = random.getstate(), np.random.get_state()
+            with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+                model.eval()
+                measured = self.measure(engine, trainer)
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            return measured
+
+        base = measure_once(work, measure_start)
+        logger.info("%s: before: %s", name, format_metrics(base["metrics"]))
+
+        # 2. Train.
+        if resume_from:
+            logger.info("%s: resuming from %s", name, resume_from)
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        train_seconds = result.metrics.get("train_runtime")
+
+        # 3. The trained model, measured the same way.
+        model.eval()  # trainer.train() leaves the model in training mode: LoRA dropout would be active
+        after, samples = self.measure(engine, trainer)
+        logger.info("%s: after: %s", name, format_metrics(after))
+
+        # 4. Save: the model (or adapter), tokenizer, generation config, chat defaults; merged/ for merge_lora.
+        trainer.save_model(str(work))
+        tokenizer.save_pretrained(str(work))
+        model.generation_config.save_pretrained(str(work))
+        if self.chat_config:
+            write_json(work / CHAT_CONFIG, self.chat_config)
+        if config.use_lora and config.merge_lora:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(str(work / "merged"))
+            tokenizer.save_pretrained(str(work / "merged"))
+            if self.chat_config:
+                write_json(work / "merged" / CHAT_CONFIG, self.chat_config)
+        self.save_extra(work, model, tokenizer)
+        if not config.keep_checkpoints:
+            shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
+        (work / BASELINE_FILE).unlink()
+
+        metrics = {
+            **before_after(base["metrics"], after),
+            **self.stage_metrics(),
+            "train_loss": result.training_loss, "steps": trainer.state.global_step,
+            "learning_rate": config.learning_rate, "use_lora": config.use_lora, "trainable_params": trainable,
+            "num_params": total, "start_model": model_path, "resumed_from": resume_from,
+            "train_seconds": train_seconds, "device": str(trainer.args.device), "bf16": trainer.args.bf16,
+            "wall_time_s": round(time.time() - start, 2),
+        }
+        write_json(work / "metrics.json", metrics)
+        write_json(work / "samples.json", {"before": base["samples"], "after": samples})
+        write_json(work / "log_history.json", {"log_history": trainer.state.log_history})
+        finish_stage(work, final)
+        for key in after:
+            before, now = metrics.get(f"{key}_before"), metrics.get(f"{key}_after")
+            shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (before, now)]
+            logger.info("%s: %-22s %s -> %s", name, key, *shown)
+        logger.info("%s: %d steps in %.0f s -> %s", name, metrics["steps"], train_seconds or 0, final)
+        return final
+
+
+def read_chat_config(model_path: str) -> dict:
+    """The chat defaults (system message, name) beside a model, if any: a later stage carries them over."""
+    path = Path(model_path) / CHAT_CONFIG
+    return json.loads(path.read_text()) if path.is_file() else {}
