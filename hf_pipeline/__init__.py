@@ -20,6 +20,7 @@ Names are imported on first use, so ``import hf_pipeline`` stays light.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from .stages import STAGES
@@ -41,10 +42,13 @@ __all__ = [*_EXPORTS, "evaluate", "run_stage", *(f"run_{stage.name}" for stage i
 
 
 def run_stage(config):
-    """Run the stage a config belongs to (``config.stage``) and return its folder ``RUN/<stage>/``."""
+    """Run the stage a config belongs to (``config.stage``) and return its folder ``RUN/<stage>/``. The run folder
+    is locked meanwhile: another process writing into it refuses with one line."""
+    from .artifacts import run_lock
     from .stages import get_stage
 
-    return importlib.import_module(get_stage(config.stage).module).run(config)
+    with run_lock(config.output_dir):
+        return importlib.import_module(get_stage(config.stage).module).run(config)
 
 
 def evaluate(config):
@@ -58,8 +62,8 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     for stage in STAGES:
-        if name == f"run_{stage.name}":
-            return importlib.import_module(stage.module).run
+        if name == f"run_{stage.name}":  # the stage's run, holding the run folder's lock
+            return functools.wraps(importlib.import_module(stage.module).run)(run_stage)
     raise AttributeError(f"module 'hf_pipeline' has no attribute '{name}'")
 
 

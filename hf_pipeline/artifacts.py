@@ -3,17 +3,26 @@
     RUN/tokenizer/            a complete stage: its artifact, metrics.json, config.yaml
     RUN/pretrain.incomplete/  a stage being written (or killed): never mistaken for done; resumed or redone
 
-``metrics.json`` has flat, lower-case keys (``heldout_bpb``, ``bytes_per_token``...).
+A re-run decides explicitly (``resume_or_start``): a finished stage is skipped, or redone with ``overwrite``; a killed
+one resumes from its last complete checkpoint only with the configuration it was started with (a change that matters
+refuses, naming the fields), and ``overwrite`` starts it over. One process at a time writes into a run folder
+(``run_lock``: a second one refuses, naming the first). ``metrics.json`` has flat, lower-case keys
+(``heldout_bpb``, ``bytes_per_token``...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -38,6 +47,96 @@ def begin_stage(final: Path, keep_partial: bool = False) -> Path:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     return work
+
+
+# Settings that change how a run is watched, not what it computes: a resumed run may change them.
+RESUME_SAFE = {"overwrite", "resume", "num_proc", "logging_steps", "save_steps", "eval_steps", "keep_checkpoints",
+               "mirror", "output_dir"}
+
+
+def resume_or_start(final: Path, settings: dict, resume: bool) -> tuple[Path, str | None]:
+    """The temporary folder of a checkpointing stage and the checkpoint to resume from (None: a fresh start).
+
+    A killed run's ``RUN/<stage>.incomplete`` is resumed when ``resume`` (the config's ``resume`` and not
+    ``overwrite``) and it holds a complete checkpoint, but only with the settings it recorded in config.yaml: a
+    change outside ``RESUME_SAFE`` is a ConfigError naming the fields. Otherwise it is wiped. ``settings`` (the
+    config as a dict) is written to config.yaml.
+    """
+    work = incomplete_dir(final)
+    resume_from = last_complete_checkpoint(work / "checkpoints") if resume and work.exists() else None
+    if resume_from:
+        recorded = work / CONFIG_FILE
+        before = yaml.safe_load(recorded.read_text()) if recorded.is_file() else {}
+        now = yaml.safe_load(yaml.safe_dump(settings))  # the same types as the recorded file
+        changed = [k for k in sorted(set(before) | set(now)) if k not in RESUME_SAFE and before.get(k) != now.get(k)]
+        if changed:
+            said = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise ConfigError(f"{work} was started with other settings ({said}{more}): resuming would mix them; "
+                              f"run with the recorded settings, or --overwrite true to start over")
+        logger.info("%s: resuming from %s", final.name, resume_from)
+    elif work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / CONFIG_FILE).write_text(yaml.safe_dump(settings, sort_keys=False))
+    return work, resume_from
+
+
+def train_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss over every logged step, a resumed run's earlier steps included (the Trainer's own
+    ``training_loss`` covers the steps of the last process only)."""
+    total = steps = 0.0
+    last = 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            span = entry["step"] - last
+            total, steps, last = total + entry["loss"] * span, steps + span, entry["step"]
+    return total / steps if steps else None
+
+
+_LOCKS: dict[str, list] = {}  # run folder -> [open file descriptor, depth]: the lock is re-entrant within a process
+
+
+def _lock_holder(folder: Path) -> str:
+    """Who holds the flock on ``folder`` (from /proc/locks on Linux), for the refusal message."""
+    inode = folder.stat().st_ino
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and fields[-3].split(":")[-1] == str(inode):
+                return f"hf-pipeline process {fields[fields.index('FLOCK') + 3]}"
+    except (OSError, IndexError):
+        pass
+    return "another process"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike):
+    """Hold an exclusive lock on the run folder while writing into it: a second process refuses with one line naming
+    the holder. The lock is on the folder itself (no file is left behind), and the kernel drops it when its process
+    ends, however it ends."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = str(run_dir.resolve())
+    if key in _LOCKS:
+        _LOCKS[key][1] += 1
+    else:
+        fd = os.open(run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"{run_dir}: in use by {_lock_holder(run_dir)}; wait for it to finish or use another "
+                              f"output_dir") from None
+        _LOCKS[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        _LOCKS[key][1] -= 1
+        if _LOCKS[key][1] == 0:
+            os.close(_LOCKS.pop(key)[0])  # closing releases the flock
 
 
 def finish_stage(work: Path, final: Path) -> Path:

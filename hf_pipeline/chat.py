@@ -14,14 +14,14 @@ Nothing in the training stages imports this module.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from .config import ArgumentParser
 from .engine import ChatSession, SamplingParams
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="hf-pipeline chat", description="Talk to a chat model: one user turn per line of input.",
         epilog="Commands: /reset forgets the conversation, /exit leaves (so does the end of the input).",
     )

@@ -16,23 +16,25 @@ A bad recipe, flag or input fails before any work starts, with one line that nam
 
 from __future__ import annotations
 
-import argparse
-import importlib
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .config import STAGE_CONFIGS, ConfigError, build_config, load_recipe, make_parser
+from .artifacts import run_lock
+from .config import STAGE_CONFIGS, ArgumentParser, ConfigError, build_config, load_recipe, make_parser
 from .errors import suggest
-from .stages import STAGES, get_stage
+from .stages import STAGES
 
 logger = logging.getLogger("hf_pipeline")
 
 
 def run_stage(config):
-    """Run one stage: the ``run(config)`` of the module the stage table names."""
-    module = importlib.import_module(get_stage(config.stage).module)
-    return module.run(config)
+    """Run one stage (the ``run(config)`` of the module the stage table names), holding the run folder's lock."""
+    from . import run_stage as run_locked
+
+    return run_locked(config)
 
 
 def cmd_stage(stage: str, argv: list[str]) -> int:
@@ -66,7 +68,7 @@ def _split_run_args(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
 
 
 def cmd_run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hf-pipeline run", description="Run the stages of a recipe in order.")
+    parser = ArgumentParser(prog="hf-pipeline run", description="Run the stages of a recipe in order.")
     parser.add_argument("--config", required=True, help="Recipe YAML.")
     parser.add_argument("--stages", nargs="+", default=None, help="Stages to run (default: the recipe's `stages`).")
     if "-h" in argv or "--help" in argv:
@@ -88,15 +90,16 @@ def cmd_run(argv: list[str]) -> int:
     for i, config in enumerate(configs):  # every input checked before the first stage starts
         config.check(planned=tuple(stages[:i]))
     output_dir = Path(configs[0].output_dir) if configs else None
-    for config in configs:
-        logger.info("run: stage %s -> %s", config.stage, config.stage_dir())
-        run_stage(config)
+    with run_lock(output_dir) if output_dir else contextlib.nullcontext():  # no other process between the stages
+        for config in configs:
+            logger.info("run: stage %s -> %s", config.stage, config.stage_dir())
+            run_stage(config)
     print(output_dir)
     return 0
 
 
 def cmd_generate(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hf-pipeline generate", description="Sample a continuation from a model.")
+    parser = ArgumentParser(prog="hf-pipeline generate", description="Sample a continuation from a model.")
     parser.add_argument("model", help="Model folder, run folder (its latest model) or Hub id.")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=64)
@@ -156,7 +159,7 @@ def cmd_chat(argv: list[str]) -> int:
 
 
 def cmd_push(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hf-pipeline push", description="Upload a stage folder with a model card.")
+    parser = ArgumentParser(prog="hf-pipeline push", description="Upload a stage folder with a model card.")
     parser.add_argument("folder", help="A finished stage folder, e.g. runs/tiny/pretrain.")
     parser.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True)
     parser.add_argument("--private", action="store_true")
@@ -170,7 +173,7 @@ def cmd_push(argv: list[str]) -> int:
 
 
 def cmd_pull(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hf-pipeline pull", description="Download a repo from the Hub.")
+    parser = ArgumentParser(prog="hf-pipeline pull", description="Download a repo from the Hub.")
     parser.add_argument("repo_id")
     parser.add_argument("--to", default=None, help="Local folder (default: the Hugging Face cache).")
     parser.add_argument("--repo-type", "--repo_type", dest="repo_type", default="model", choices=["model", "dataset"])
@@ -210,7 +213,28 @@ def setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command. The one place where an expected failure (bad value, file, artifact, Hub answer, interrupt)
+    becomes one line on stderr and an exit status; only a bug keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except ConfigError as e:  # a bad recipe, flag, file, artifact or Hub answer: one line, named
+        print(f"hf-pipeline: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # stages write into RUN/<stage>.incomplete: nothing half-done looks complete
+        print("hf-pipeline: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of our output went away (| head): nothing more to say
+        sys.stdout = open(os.devnull, "w")  # so that the interpreter's final flush does not fail again
+        return 141
+    except OSError as e:
+        if not e.filename:  # not about a file: an unexpected failure, with its traceback
+            raise
+        print(f"hf-pipeline: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -223,20 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "push": cmd_push,
                 "pull": cmd_pull}
     if command not in STAGE_CONFIGS and command not in handlers:
-        hint = suggest(command, [*STAGE_CONFIGS, *handlers])
-        print(f"hf-pipeline: error: unknown command '{command}'{hint}\n\n{usage()}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"unknown command '{command}'{suggest(command, [*STAGE_CONFIGS, *handlers])} "
+                          f"(hf-pipeline --help lists them)")
     setup_logging()
-    try:
-        if command in STAGE_CONFIGS:
-            return cmd_stage(command, rest)
-        return handlers[command](rest)
-    except ConfigError as e:
-        print(f"hf-pipeline: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hf-pipeline: interrupted", file=sys.stderr)
-        return 130
+    if command in STAGE_CONFIGS:
+        return cmd_stage(command, rest)
+    return handlers[command](rest)
 
 
 if __name__ == "__main__":

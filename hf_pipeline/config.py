@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +40,63 @@ MIRROR_ENV = "HF_PIPELINE_MIRROR"
 
 def _help(text: str, **kwargs) -> Any:
     return field(metadata={"help": text}, **kwargs)
+
+
+# The range of every numeric field, by name, or "stage.field" where a stage differs: checked when a config is built,
+# so a bad value fails before any work starts, with one line naming the field. A numeric field of a stage config that
+# is missing here fails the tests (tests/test_config_and_cli.py): a new stage declares its ranges with its fields.
+RANGES: dict[str, str] = {
+    "seed": ">= 0", "num_proc": ">= 1",
+    # data
+    "limit": ">= -1", "tasks": ">= 0 (0: as many as workers)", "workers": ">= 0 (0: num_proc)", "extractor_timeout": "> 0", "language_threshold": "[0, 1]",
+    "minhash_ngrams": ">= 1", "minhash_buckets": ">= 1", "minhash_hashes_per_bucket": ">= 1",
+    # tokenizer
+    "vocab_size": ">= 1", "min_frequency": ">= 1", "max_train_chars": ">= 1", "heldout_fraction": "[0, 1)",
+    # model and optimisation
+    "depth": ">= 1", "aspect_ratio": ">= 1", "head_dim": ">= 1", "seq_len": ">= 2", "learning_rate": "> 0",
+    "batch_size": ">= 1", "gradient_accumulation_steps": ">= 1", "max_steps": ">= -1", "num_epochs": "> 0",
+    "warmup_ratio": "a share of the steps in [0, 1)",  # passed on as warmup_steps: 1 or more counts steps
+    "min_lr_ratio": "[0, 1]", "weight_decay": ">= 0",
+    "adam_beta2": "(0, 1)",
+    "max_grad_norm": ">= 0", "eval_steps": ">= 0", "pretrain.eval_steps": ">= 1", "save_steps": ">= 1",
+    "logging_steps": ">= 1", "lora_r": ">= 1", "lora_alpha": ">= 1", "lora_dropout": "[0, 1)",
+    # post-training data and measures
+    "problem_min_steps": ">= 1", "problem_max_steps": ">= 1", "problem_max_number": ">= 1", "max_length": ">= 2",
+    "sft.language_threshold": "a language score in [0, 1)", "identity_weight": "> 0", "worked_problems": ">= 0",
+    "eval_generations": ">= 0", "max_new_tokens": ">= 1", "mmlu_limit": ">= -1",
+    # grpo
+    "num_train_problems": ">= 1", "num_test_problems": ">= 1", "beta": ">= 0",
+    "num_generations": ">= 2 (a group needs a spread)",
+    "temperature": "> 0", "max_completion_length": ">= 1", "num_iterations": ">= 1", "pass_k": ">= 1",
+    "eval_temperature": "> 0", "eval_batch_size": ">= 1",
+}
+
+
+def in_range(value, spec: str) -> bool:
+    """``value`` within ``spec``: ``">= 1"``, ``"> 0"``, ``"[0, 1)"`` (brackets: inclusive, parentheses: exclusive),
+    optionally after words saying what the value is (``"a share of the steps in [0, 1)"``) or before a note in
+    parentheses (``">= 2 (a group needs a spread)"``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    spec = spec.split(" (")[0] if spec[0] not in "[(" and " in " not in spec else spec
+    spec = spec[spec.index(" in ") + 4:] if " in " in spec else spec
+    if spec[0] in "[(":
+        lo, hi = (float(x) for x in spec[1:-1].split(","))
+        return (lo <= value if spec[0] == "[" else lo < value) and (value <= hi if spec[-1] == "]" else value < hi)
+    op, bound = spec.split()
+    return value >= float(bound) if op == ">=" else value > float(bound)
+
+
+def check_ranges(config, stage: str) -> None:
+    """Every numeric field of ``config`` within its range (``RANGES``); None stays allowed for optional fields."""
+    for f in dataclasses.fields(config):
+        spec = RANGES.get(f"{stage}.{f.name}") or RANGES.get(f.name)
+        value = getattr(config, f.name)
+        if spec is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not in_range(value, spec):
+            said = spec if " in " in spec else f"in {spec}" if spec[0] in "[(" else spec
+            raise ConfigError(f"{stage}.{f.name}: {'' if ' in ' in spec else 'must be '}{said}, not {value}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -62,6 +120,7 @@ class SharedConfig:
     def __post_init__(self):
         if self.mirror is None:
             self.mirror = os.environ.get(MIRROR_ENV) or None
+        check_ranges(self, self.stage)
 
     def stage_dir(self, stage: str | None = None) -> Path:
         return Path(self.output_dir) / (stage or self.stage)
@@ -275,10 +334,21 @@ class DataConfig(SharedConfig):
                 raise ConfigError(f"data.step_args: unknown step '{key}'{suggest(key, self.STEP_KEYS)}")
             if not isinstance(self.step_args[key], dict):
                 raise ConfigError(f"data.step_args.{key}: must be a mapping of keyword arguments")
-        if not 0 <= self.language_threshold <= 1:
-            raise ConfigError(f"data.language_threshold: must be in [0, 1], not {self.language_threshold}")
+        # (the numbers' ranges are config.RANGES, checked first; limit's one gap is here)
+        if self.limit == 0:
+            raise ConfigError("data.limit: must be -1 (all) or >= 1, not 0")
         if not self.languages:
             raise ConfigError("data.languages: name at least one language")
+        from datatrove.utils.word_tokenizers import load_tokenizer_assignments
+
+        for language in self.languages:  # the quality and MinHash steps split words the language's way
+            if language not in load_tokenizer_assignments():
+                raise ConfigError(f"data.languages: unknown language '{language}' (an ISO 639-1 code, such as en)")
+        if self.step_args or self.executor_options:  # each keyword an argument of its class, before anything runs
+            from .data.steps import check_executor_options, check_step_args
+
+            check_step_args(self.step_args, self.extractor)
+            check_executor_options(self.executor, self.executor_options)
         if self.executor == "slurm" and "partition" not in self.executor_options:
             raise ConfigError("data.executor_options: the Slurm executor needs a partition ({partition: NAME})")
 
@@ -334,8 +404,6 @@ class PostTrainingConfig(SharedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.warmup_ratio < 1:  # passed on as warmup_steps, where 1 or more counts steps
-            raise ConfigError(f"{self.stage}.warmup_ratio: a share of the steps in [0, 1), not {self.warmup_ratio}")
         if not 1 <= self.problem_min_steps <= self.problem_max_steps:
             raise ConfigError(f"{self.stage}.problem_min_steps/problem_max_steps: need 1 <= min <= max, not "
                               f"{self.problem_min_steps}, {self.problem_max_steps}")
@@ -411,8 +479,6 @@ class SFTStageConfig(PostTrainingConfig):
     def __post_init__(self):
         super().__post_init__()
         self.datasets = as_sources(self.datasets, self.output_dir)
-        if not 0 <= self.language_threshold < 1:
-            raise ConfigError(f"sft.language_threshold: a language score in [0, 1), not {self.language_threshold}")
         for name in ("model", "identity_data", "system_message", "mmlu"):  # `--identity_data null` switches it off
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
@@ -484,17 +550,11 @@ class GRPOStageConfig(PostTrainingConfig):
     def __post_init__(self):
         super().__post_init__()
         completions = self.batch_size * self.gradient_accumulation_steps
-        if self.num_generations < 2:
-            raise ConfigError(f"grpo.num_generations: must be >= 2 (a group needs a spread), not {self.num_generations}")
         if completions % self.num_generations:
             raise ConfigError(
                 f"grpo.batch_size: batch_size x gradient_accumulation_steps ({completions} completions) must be a "
                 f"multiple of num_generations ({self.num_generations})"
             )
-        if self.pass_k < 1:
-            raise ConfigError(f"grpo.pass_k: must be >= 1, not {self.pass_k}")
-        if self.num_test_problems < 1 or self.num_train_problems < 1:
-            raise ConfigError("grpo.num_train_problems / num_test_problems: must be >= 1")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ConfigError(f"grpo.scale_rewards: group, batch or none, not {self.scale_rewards!r}")
         self._check_rewards()
@@ -547,7 +607,10 @@ def load_recipe(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
     try:
-        recipe = yaml.safe_load(path.read_text()) or {}
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte {e.object[e.start:e.start + 1]!r})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -567,11 +630,22 @@ def load_recipe(path: str | os.PathLike) -> dict:
     return recipe
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands: no abbreviations (``--dept 3`` is an error, not ``--depth``), and a bad argument
+    is a ConfigError (one line, exit 2) instead of usage text."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message}")
+
+
 def make_parser(stage: str):
     """The HfArgumentParser of one stage (also used by the CLI to print --help)."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(STAGE_CONFIGS[stage], prog=f"hf-pipeline {stage}")
+    parser = HfArgumentParser(STAGE_CONFIGS[stage], prog=f"hf-pipeline {stage}", allow_abbrev=False)
     parser.add_argument("--config", default=None, help="Recipe YAML; its shared fields and its section apply.")
 
     def error(message):  # argparse would print usage and exit; we want one line naming the problem

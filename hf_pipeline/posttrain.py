@@ -23,9 +23,9 @@ import shutil
 import time
 from pathlib import Path
 
-from .artifacts import (BASELINE_FILE, begin_stage, finish_stage, format_metrics, incomplete_dir, is_complete,
-                        last_complete_checkpoint, measure_once, write_json)
-from .config import ConfigError, PostTrainingConfig, save_config
+from .artifacts import (BASELINE_FILE, finish_stage, format_metrics, is_complete, measure_once, resume_or_start,
+                        train_loss, write_json)
+from .config import ConfigError, PostTrainingConfig, config_to_dict
 from .engine import CHAT_CONFIG, Engine
 
 logger = logging.getLogger("hf_pipeline")
@@ -106,9 +106,8 @@ class PostTrainingStage:
         model_path = resolve_model(config.input_ref("model"))
         if Path(model_path).is_dir():  # absolute, so that a LoRA adapter finds its base model from anywhere
             model_path = str(Path(model_path).resolve())
-        resume_from = last_complete_checkpoint(incomplete_dir(final) / CHECKPOINTS) if config.resume else None
-        work = begin_stage(final, keep_partial=resume_from is not None)
-        save_config(config, work / "config.yaml")
+        # resume only with the recorded settings (else refuse, naming them); overwrite starts over
+        work, resume_from = resume_or_start(final, config_to_dict(config), config.resume and not config.overwrite)
         transformers.set_seed(config.seed)
         model, tokenizer = self.load_start(model_path, work)
         self.load_data(tokenizer)
@@ -138,8 +137,6 @@ class PostTrainingStage:
         logger.info("%s: before: %s", name, format_metrics(base["metrics"]))
 
         # 2. Train.
-        if resume_from:
-            logger.info("%s: resuming from %s", name, resume_from)
         result = trainer.train(resume_from_checkpoint=resume_from)
         train_seconds = result.metrics.get("train_runtime")
 
@@ -168,7 +165,7 @@ class PostTrainingStage:
         metrics = {
             **before_after(base["metrics"], after),
             **self.stage_metrics(),
-            "train_loss": result.training_loss, "steps": trainer.state.global_step,
+            "train_loss": train_loss(trainer.state.log_history), "steps": trainer.state.global_step,
             "learning_rate": config.learning_rate, "use_lora": config.use_lora, "trainable_params": trainable,
             "num_params": total, "start_model": model_path, "resumed_from": resume_from,
             "train_seconds": train_seconds, "device": str(trainer.args.device), "bf16": trainer.args.bf16,

@@ -18,8 +18,8 @@ import logging
 import time
 from pathlib import Path
 
-from .artifacts import begin_stage, finish_stage, incomplete_dir, is_complete, last_complete_checkpoint, write_json
-from .config import ConfigError, PretrainConfig, save_config
+from .artifacts import finish_stage, is_complete, resume_or_start, train_loss, write_json
+from .config import ConfigError, PretrainConfig, config_to_dict
 from .corpus import load_corpus, tokenize_and_pack
 from .evals.text import evaluate_bpb, token_byte_lengths
 
@@ -108,6 +108,8 @@ def run(config: PretrainConfig) -> Path:
         logger.info("pretrain: %s is complete, skipping (overwrite: true to redo it)", final)
         return final
     start = time.time()
+    # resume only with the recorded settings (else refuse, naming them), before any slow work
+    work, resume_from = resume_or_start(final, config_to_dict(config), config.resume and not config.overwrite)
     tokenizer_ref = resolve_tokenizer(config.input_ref("tokenizer"))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
 
@@ -130,12 +132,6 @@ def run(config: PretrainConfig) -> Path:
     )
     lr = config.learning_rate or default_learning_rate(mconfig.hidden_size)
 
-    resume_from = None
-    if config.resume:
-        resume_from = last_complete_checkpoint(incomplete_dir(final) / "checkpoints")
-    work = begin_stage(final, keep_partial=resume_from is not None)
-    save_config(config, work / "config.yaml")
-
     import transformers
 
     transformers.set_seed(config.seed)
@@ -154,8 +150,6 @@ def run(config: PretrainConfig) -> Path:
         processing_class=tokenizer,
         token_bytes=token_byte_lengths(tokenizer),
     )
-    if resume_from:
-        logger.info("pretrain: resuming from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     evals = [h for h in trainer.state.log_history if "eval_bpb" in h]
     if evals and evals[-1].get("step") == trainer.state.global_step:
@@ -172,14 +166,18 @@ def run(config: PretrainConfig) -> Path:
 
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
     steps = trainer.state.global_step
-    tokens = steps * config.batch_size * config.gradient_accumulation_steps * config.seq_len
+    tokens_per_step = config.batch_size * config.gradient_accumulation_steps * config.seq_len
+    tokens = steps * tokens_per_step
+    resumed_step = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0  # tokens/s: this process's steps only
     metrics = {
         "heldout_loss": final_eval["eval_loss"],
         "heldout_bpb": final_eval["eval_bpb"],
-        "train_loss": result.training_loss,
+        "train_loss": train_loss(trainer.state.log_history),  # every step, across resumes
         "steps": steps,
         "train_tokens": tokens,
-        "tokens_per_s": tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9),
+        "tokens_per_s": (steps - resumed_step) * tokens_per_step / max(result.metrics.get("train_runtime", 1e-9),
+                                                                       1e-9),
+        "train_seconds": result.metrics.get("train_runtime"),  # of this process (a resumed run: since the resume)
         "num_params": count_params(model),
         "non_embedding_params": count_params(model, non_embedding=True),
         "learning_rate": lr,

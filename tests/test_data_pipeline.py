@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -59,6 +60,8 @@ def test_stats_follow_fineweb_order_and_account_for_every_document(web_run):
         assert after["docs_in"] == before["docs_out"] and after["chars_in"] == before["chars_out"]
     for step in steps:
         assert step["docs_in"] - step["docs_out"] == sum(step["dropped"].values()), step
+    assert stats["accounting"] == []  # the stage's own check found nothing amiss
+    assert stats["files"] == {"input_files": 90 + 3} == steps[0]["files"]  # files apart from documents
     by_step = {s["step"]: s for s in steps}
     assert by_step["language"]["dropped"]["language"] >= 40
     assert by_step["extraction"]["chars_out"] < by_step["extraction"]["chars_in"] / 10  # HTML -> text
@@ -66,6 +69,7 @@ def test_stats_follow_fineweb_order_and_account_for_every_document(web_run):
     metrics = json.loads((web_run / "data" / "metrics.json").read_text())
     assert metrics["docs_out"] == stats["docs_out"] and metrics["dropped_language"] == sum(
         by_step["language"]["dropped"].values())
+    assert metrics["accounting_problems"] == 0 and metrics["files_in"] == 93
     # working files are gone once published; the datatrove logs stay beside the stage for inspection
     assert not (web_run / "data.incomplete").exists()
     assert sorted(p.name for p in (web_run / "data.work").iterdir()) == ["logs"]
@@ -170,10 +174,22 @@ def test_bad_input_is_counted_under_named_reasons_and_the_run_goes_on(tmp_path):
     ]) + "\n")
     # pathological HTML: a page repeated until extraction cannot finish within the timeout
     (inputs / "huge.html.gz").write_bytes(gzip.compress(page * 400))
+    # files that are not what their names say: random bytes, an HTML error page saved as a WARC
+    (inputs / "random.warc.gz").write_bytes(os.urandom(4096))
+    (inputs / "error_page.warc.gz").write_bytes(b"<html><body><h1>503 Service Unavailable</h1></body></html>")
     out = pipeline.run(DataConfig(inputs=[str(inputs)], output_dir=str(tmp_path / "run"), workers=2,
                                   extractor_timeout=0.2))
-    read = {s["step"]: s for s in json.loads((out / "stats.json").read_text())["steps"]}
-    assert read["read"]["dropped"]["file_truncated"] == 1
+    stats = json.loads((out / "stats.json").read_text())
+    read = {s["step"]: s for s in stats["steps"]}
+    # files are counted apart from documents: the drops of `read` are documents only and add up
+    assert read["read"]["files"] == {"input_files": 6, "file_truncated": 1, "file_unreadable": 2}
+    assert not any(reason.startswith("file_") for step in stats["steps"] for reason in step["dropped"])
+    assert read["read"]["docs_in"] == read["read"]["docs_out"] + sum(read["read"]["dropped"].values())
+    assert stats["accounting"] == [] and stats["files"] == read["read"]["files"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dropped_read"] == sum(read["read"]["dropped"].values()) >= 4  # documents, not files
+    assert metrics["file_unreadable"] == 2 and metrics["files_in"] == 6
+    assert read["read"]["files"]["file_truncated"] == 1
     assert read["read"]["dropped"]["skipped_non_html"] == 1
     assert read["read"]["dropped"]["skipped_empty"] == 1
     assert read["read"]["dropped"]["bad_json_line"] == 1
@@ -189,6 +205,10 @@ def test_missing_input_and_bad_config_fail_at_start_with_one_line(tmp_path):
         (["--inputs", HTML, "--step_args", '{"gopher_qualty": {}}'], "did you mean 'gopher_quality'"),
         (["--inputs", HTML, "--executor", "slurm"], "partition"),
         (["--inputs", HTML, "--language_threshold", "1.5"], "language_threshold"),
+        (["--inputs", HTML, "--workers", "-1"], "data.workers: must be >= 0"),  # was an empty dataset, exit 0
+        (["--inputs", HTML, "--workers", "-3"], "data.workers: must be >= 0"),  # was a traceback
+        (["--inputs", HTML, "--step_args", '{"gopher_quality": {"min_doc_wrds": 20}}'],
+         "data.step_args.gopher_quality: unknown argument 'min_doc_wrds' (did you mean 'min_doc_words'?)"),
     ]
     for args, needle in cases:
         result = run_cli("data", *args, "--output_dir", tmp_path / "run")
@@ -196,6 +216,48 @@ def test_missing_input_and_bad_config_fail_at_start_with_one_line(tmp_path):
         lines = [line for line in result.stderr.splitlines() if line.startswith("hf-pipeline: error:")]
         assert len(lines) == 1 and needle in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--workers", "-1"], "data.workers: must be >= 0"),
+    (["--tasks", "-1"], "data.tasks: must be >= 0"),
+    (["--limit", "-2"], "data.limit"),
+    (["--limit", "0"], "data.limit: must be -1 (all) or >= 1, not 0"),  # 0 published an empty dataset
+    (["--extractor_timeout", "-1"], "data.extractor_timeout: must be > 0"),  # dropped every page as a timeout
+    (["--extractor_timeout", "nan"], "data.extractor_timeout"),
+    (["--minhash_ngrams", "0"], "data.minhash_ngrams: must be >= 1"),
+    (["--minhash_buckets", "0"], "data.minhash_buckets: must be >= 1"),
+    (["--minhash_hashes_per_bucket", "0"], "data.minhash_hashes_per_bucket: must be >= 1"),
+    (["--language_threshold", "-0.1"], "data.language_threshold"),
+    (["--languages", "xx"], "data.languages: unknown language 'xx'"),
+    (["--step_args", '{"gopher_quality": {"min_doc_wrds": 20}}'],
+     "data.step_args.gopher_quality: unknown argument 'min_doc_wrds' (did you mean 'min_doc_words'?)"),
+    (["--step_args", '{"c4_quality": {"min_num_sentence": 3}}'], "(did you mean 'min_num_sentences'?)"),
+    (["--step_args", '{"url_filter": {"use_integrated_list": false}}'], "(did you mean 'use_integrated_lists'?)"),
+    (["--step_args", '{"extraction": {"min_text_char": 10}}'], "(did you mean 'min_text_chars'?)"),
+    (["--extractor", "trafilatura", "--step_args", '{"extraction": {"favor_precision": true}}'],
+     "(did you mean 'favour_precision'?)"),
+    (["--step_args", '{"gopher_quality": {"min_doc_words": "many"}}'],
+     "data.step_args.gopher_quality.min_doc_words: must be a number"),
+    (["--step_args", '{"language": {"language_threshold": 0.2}}'], "set by data.language_threshold"),
+    (["--step_args", '{"gopher_quality": {"exclusion_writer": null}}'], "set by data.keep_dropped"),
+    (["--executor_options", '{"start_metod": "fork"}'],
+     "data.executor_options (local): unknown argument 'start_metod' (did you mean 'start_method'?)"),
+    (["--executor", "slurm", "--executor_options", '{"partition": "cpu", "cpus_per_tsk": 2}'],
+     "(did you mean 'cpus_per_task'?)"),
+    (["--executor_options", '{"workers": 3}'], "set by data.workers"),
+])
+def test_out_of_range_numbers_and_unknown_step_arguments_are_one_line_config_errors(args, needle, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        build_config("data", ["--inputs", str(HTML), "--output_dir", str(tmp_path), *args])
+    assert needle in str(error.value) and "\n" not in str(error.value)
+    # the ones it accepts are accepted: known arguments of each step's class
+    build_config("data", ["--inputs", str(HTML), "--step_args", json.dumps({
+        "gopher_quality": {"min_doc_words": 20}, "c4_quality": {"min_num_sentences": 3},
+        "url_filter": {"use_integrated_lists": False}, "extraction": {"min_text_chars": 100},
+        "language": {"label_only": False}})])
+    build_config("data", ["--inputs", str(HTML), "--executor", "slurm", "--executor_options", json.dumps(
+        {"partition": "cpu", "time": "10:00:00", "cpus_per_task": 2, "mem_per_cpu_gb": 4})])  # as the README says
 
 
 def test_slurm_switch_builds_datatrove_slurm_executors(tmp_path):
@@ -214,10 +276,77 @@ def test_slurm_switch_builds_datatrove_slurm_executors(tmp_path):
                                            "minhash_cluster", "final"]
 
 
-def test_killed_run_resumes_without_redoing_finished_tasks_or_duplicating_output(tmp_path):
-    inputs = _copy_pages(tmp_path, sorted(p.name.split(".")[0] for p in HTML.glob("*.html.gz"))[:24])
-    args = ["-m", "hf_pipeline", "data", "--inputs", str(inputs), "--output_dir", str(tmp_path / "run"),
-            "--tasks", "4", "--workers", "1", "--url_filter", "false"]
+# The resume tests' recipe: 24 pages in 4 tasks; ``small_clean`` is its uninterrupted run, to compare with
+SMALL_ARGS = ["--tasks", "4", "--workers", "1", "--url_filter", "false"]
+
+
+def _page_ids() -> list[str]:
+    return sorted(p.name.split(".")[0] for p in HTML.glob("*.html.gz"))
+
+
+@pytest.fixture(scope="module")
+def small_clean(tmp_path_factory) -> tuple[Path, Path]:
+    """(inputs, run folder) of an uninterrupted run of the small recipe."""
+    tmp = tmp_path_factory.mktemp("small")
+    inputs = _copy_pages(tmp, _page_ids()[:24])
+    pipeline.run(build_config("data", ["--inputs", str(inputs), "--output_dir", str(tmp / "clean"), *SMALL_ARGS]))
+    return inputs, tmp / "clean"
+
+
+def comparable(stats: dict) -> dict:
+    """stats.json without what differs between two runs of the same recipe (timings, the run folder)."""
+    steps = [{k: v for k, v in step.items() if k != "seconds"} for step in stats["steps"]]
+    return {**{k: v for k, v in stats.items() if k != "config"}, "steps": steps}
+
+
+def rows(run_dir: Path) -> list[tuple]:
+    ds = load(run_dir)
+    assert len(set(ds["id"])) == len(ds)  # no duplicate output
+    return sorted(zip(ds["id"], ds["text"]))
+
+
+def live_processes(pgid: int) -> list[str]:
+    """The processes of group ``pgid`` still running (not zombies), from /proc: ``pid cmdline`` each."""
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            state, _, group = text[text.rindex(")") + 2:].split()[:3]
+            if int(group) == pgid and state not in "ZX":
+                left.append(f"{stat.parent.name} {(stat.parent / 'cmdline').read_bytes()[:120]!r}")
+        except (OSError, ValueError):
+            continue
+    return left
+
+
+def wait_for_no_process(pgid: int, seconds: float = 30) -> list[str]:
+    deadline = time.time() + seconds
+    while (left := live_processes(pgid)) and time.time() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def start_data_cli(inputs: Path, run_dir: Path, log: Path, *args: str) -> subprocess.Popen:
+    """``hf-pipeline data`` in its own process group (its workers and helpers too), as a terminal runs it; its
+    output goes to ``log`` (a pipe would stay open as long as any process of the group lives)."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "hf_pipeline", "data", "--inputs", str(inputs), "--output_dir", str(run_dir),
+               *args]
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for(predicate, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_killed_run_resumes_without_redoing_finished_tasks_or_duplicating_output(tmp_path, small_clean):
+    inputs, clean = small_clean
+    args = ["-m", "hf_pipeline", "data", "--inputs", str(inputs), "--output_dir", str(tmp_path / "run"), *SMALL_ARGS]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -238,10 +367,141 @@ def test_killed_run_resumes_without_redoing_finished_tasks_or_duplicating_output
         assert (completions.parent / "stats" / name).stat().st_mtime_ns == mtime
     resumed = datasets.load_dataset(str(tmp_path / "run" / "data"), split="train")
 
-    clean = pipeline.run(build_config("data", args[3:] + ["--output_dir", str(tmp_path / "clean")]))
-    fresh = datasets.load_dataset(str(clean), split="train")
+    fresh = load(clean)
     assert len(set(resumed["id"])) == len(resumed) == len(fresh)
     assert sorted(zip(resumed["id"], resumed["text"])) == sorted(zip(fresh["id"], fresh["text"]))
+    # the stats count what the whole run did (the killed process's tasks too), as a clean run counts it
+    stats = stats_of(tmp_path / "run")
+    assert comparable(stats) == comparable(stats_of(clean))
+    assert stats["docs_in"] == 24 and stats["accounting"] == []
+    metrics = json.loads((tmp_path / "run" / "data" / "metrics.json").read_text())
+    assert metrics == json.loads((clean / "data" / "metrics.json").read_text()) and metrics["kept_fraction"] <= 1
+
+
+@pytest.mark.parametrize("how", ["sigint_to_group", "sigkill_to_main_process"])
+def test_interrupted_run_leaves_no_process_never_looks_complete_and_resumes(how, tmp_path, small_clean):
+    """Ctrl-C (SIGINT to the process group) or a kill of the main process alone, while the first stage runs on
+    two workers: nothing of the run is left running, RUN/data is not there, and a re-run ends with the rows and
+    stats of a clean run."""
+    inputs, clean = small_clean
+    run_dir = tmp_path / "run"
+    log = tmp_path / "output.txt"
+    proc = start_data_cli(inputs, run_dir, log, "--tasks", "4", "--workers", "2", "--url_filter", "false")
+    task_logs = run_dir / "data.work" / "logs" / "filter" / "logs"
+    try:
+        wait_for(lambda: task_logs.is_dir() and len(list(task_logs.iterdir())) >= 2)  # both workers under way
+        time.sleep(1.0)
+        if how == "sigint_to_group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=120)
+        assert proc.returncode in (130, -signal.SIGINT, -signal.SIGKILL), log.read_text()[-3000:]
+        assert wait_for_no_process(proc.pid) == []  # no worker, sandbox or helper process goes on
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever a failure left behind
+    assert not (run_dir / "data").exists()  # never looks complete
+    assert not (run_dir / "data.incomplete" / "stats.json").exists()
+
+    pipeline.run(build_config("data", ["--inputs", str(inputs), "--output_dir", str(run_dir), "--tasks", "4",
+                                       "--workers", "2", "--url_filter", "false"]))
+    assert rows(run_dir) == rows(clean)
+    assert comparable(stats_of(run_dir))["steps"] == comparable(stats_of(clean))["steps"]
+    assert stats_of(run_dir)["accounting"] == []
+
+
+def test_deleted_dataset_is_rebuilt_not_a_traceback(tmp_path, small_clean):
+    """RUN/data deleted after a finished run (RUN/data.work/logs stays): a re-run rebuilds it."""
+    inputs, clean = small_clean
+    args = ["--inputs", str(inputs), "--output_dir", str(tmp_path), *SMALL_ARGS]
+    shutil.copytree(clean / "data.work", tmp_path / "data.work")  # what a finished run leaves beside RUN/data
+    out = pipeline.run(build_config("data", args))
+    assert rows(tmp_path) == rows(clean) and comparable(stats_of(tmp_path)) == comparable(stats_of(clean))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == ["data", "data.work"]
+
+
+def test_overwrite_starts_over_with_the_new_recipe_and_replaces_the_dataset(tmp_path, small_clean):
+    inputs, clean = small_clean
+    shutil.copytree(clean, tmp_path, dirs_exist_ok=True)  # a finished run of the small recipe
+    (tmp_path / "data.incomplete").mkdir()  # and leftovers of a killed one
+    (tmp_path / "data.incomplete" / "stale.txt").write_text("from an older run")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data" / "data").glob("*.parquet")}
+    args = ["--inputs", str(inputs), "--output_dir", str(tmp_path), *SMALL_ARGS, "--overwrite", "true"]
+
+    pipeline.run(build_config("data", args + ["--language_filter", "false"]))
+    stats = stats_of(tmp_path)
+    assert "language" not in [s["step"] for s in stats["steps"]] and stats["accounting"] == []
+    assert "language_filter: false" in (tmp_path / "data" / "config.yaml").read_text()
+    ds = load(tmp_path)
+    assert stats["docs_out"] == len(ds) and set(ds["language"]) == {None}  # no language ID ran
+    assert not (tmp_path / "data" / "stale.txt").exists() and not (tmp_path / "data.incomplete").exists()
+    assert sorted(p.name for p in (tmp_path / "data.work").iterdir()) == ["logs"]
+
+    pipeline.run(build_config("data", args))  # the same recipe again: redone, not skipped
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data" / "data").glob("*.parquet")}
+    assert after.keys() == before.keys() and all(after[k] > before[k] for k in after)
+    assert rows(tmp_path) == rows(clean) and comparable(stats_of(tmp_path)) == comparable(stats_of(clean))
+    assert "language_filter: true" in (tmp_path / "data" / "config.yaml").read_text()
+    assert not (tmp_path / "data.incomplete").exists()
+
+
+def _task_stats(folder: Path, rank: int, steps: list[tuple[str, dict]]) -> None:
+    """A datatrove per-task stats file: one entry per pipeline step."""
+    (folder / "stats").mkdir(parents=True, exist_ok=True)
+    entries = [{"name": name, "time_stats": 0.5, "stats": stats} for name, stats in steps]
+    (folder / "stats" / f"{rank:05d}.json").write_text(json.dumps(entries))
+
+
+def test_stats_add_up_every_task_and_say_loudly_where_documents_do_not_add_up(tmp_path, caplog):
+    from hf_pipeline.data.stats import collect_stats, summary_metrics
+
+    logs = tmp_path / "logs"
+    for rank in range(2):  # two tasks of one stage: read -> language -> writer
+        _task_stats(logs / "filter", rank, [
+            ("reader", {"input_files": 2, "documents": {"total": 10, "unit": "input_file"}, "skipped_empty": 1,
+                        "file_truncated": 1, "doc_len": {"total": 1000, "mean": 100.0}}),
+            ("language", {"total": 10, "forwarded": 7, "dropped": 2, "dropped_language": 2,
+                          "doc_len": {"total": 500, "mean": 71.4}}),  # 10 in, 7 out, 2 dropped: one lost
+            ("writer", {"total": 7})])
+    stages = [{"name": "filter", "tasks": 3, "report": ["read", "language", None]}]  # task 2 never ran
+    with caplog.at_level("WARNING", logger="hf_pipeline"):
+        stats = collect_stats(stages, logs, published=13)
+    read, language = stats["steps"]
+    assert (read["docs_in"], read["docs_out"], read["dropped"]) == (22, 20, {"skipped_empty": 2})
+    assert read["files"] == {"input_files": 4, "file_truncated": 2} == stats["files"]  # files, not documents
+    assert (language["docs_in"], language["docs_out"], language["dropped"]) == (20, 14, {"language": 4})
+    assert language["chars_in"] == 2000 and language["chars_out"] == 1000
+    assert stats["accounting"] == [
+        "language: docs_in 20 != docs_out 14 + dropped 4",
+        "published: 13 rows != docs_out 14 of language",
+        "filter: no stats for task(s) 00002 of 3",
+    ]
+    for problem in stats["accounting"]:  # and each one is a warning naming the step
+        assert any(problem in r.getMessage() and r.levelname == "WARNING" for r in caplog.records), problem
+    assert summary_metrics(stats)["accounting_problems"] == 3
+
+
+def test_a_step_with_one_document_counts_it(tmp_path):
+    """datatrove writes a one-document ``doc_len`` without ``n``: the read step said 0 -> 0."""
+    from datatrove.utils.stats import PipelineStats
+
+    from hf_pipeline.data.readers import WebReader
+    from hf_pipeline.data.stats import collect_stats
+
+    page = _page_ids()[0]
+    (tmp_path / "in").mkdir()
+    shutil.copy(HTML / f"{page}.html.gz", tmp_path / "in")
+    reader = WebReader(str(tmp_path / "in"))
+    docs = list(reader.run())
+    (tmp_path / "logs" / "filter" / "stats").mkdir(parents=True)
+    with open(tmp_path / "logs" / "filter" / "stats" / "00000.json", "w") as f:
+        PipelineStats([reader]).save_to_disk(f)
+    stats = collect_stats([{"name": "filter", "tasks": 1, "report": ["read"]}], tmp_path / "logs",
+                          published=1, expected_files=1)
+    (read,) = stats["steps"]
+    assert (read["docs_in"], read["docs_out"], read["chars_out"]) == (1, 1, len(docs[0].text))
+    assert stats["accounting"] == [] and stats["files"] == {"input_files": 1}
 
 
 def test_tiny_recipe_feeds_the_data_stage_output_to_pretraining(web_run, tmp_path):

@@ -92,3 +92,29 @@ def test_decode_html():
     assert decode_html("héllo".encode("utf-8")) == "héllo"
     assert decode_html("h\xe9llo wörld".encode("cp1252"), "cp1252") == "h\xe9llo wörld"
     assert decode_html(os.urandom(4000)) is None
+
+
+def test_files_that_are_not_what_their_name_says_are_counted_as_files_and_named(tmp_path):
+    """Random bytes or an HTML error page saved as .warc.gz used to give 0 documents and no trace; now each such file
+    is counted once, as a file (never as documents), with a warning naming it."""
+    from loguru import logger
+
+    page = b"<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+    (tmp_path / "random.warc.gz").write_bytes(os.urandom(5000))
+    (tmp_path / "error.warc.gz").write_bytes(page)
+    (tmp_path / "gzipped.warc.gz").write_bytes(gzip.compress(page))
+    (tmp_path / "random.html.gz").write_bytes(os.urandom(5000))  # not gzip at all: unreadable, not "truncated"
+    (tmp_path / "nothing.warc.gz").write_bytes(b"")
+    (tmp_path / "good.warc").write_bytes(warc_record("https://ok.example/", "text/html",
+                                                     b"<html><body><p>Fine page.</p></body></html>"))
+    warnings = []
+    sink = logger.add(lambda message: warnings.append(str(message)), level="WARNING")
+    try:
+        docs, stats = read(tmp_path)
+    finally:
+        logger.remove(sink)
+    assert [d.metadata["url"] for d in docs] == ["https://ok.example/"]
+    assert stats["file_unreadable"] == 4 and stats["file_empty"] == 1 and "file_truncated" not in stats
+    assert stats["input_files"] == 6 and stats["documents"]["total"] == 1
+    for name in ("random.warc.gz", "error.warc.gz", "gzipped.warc.gz", "random.html.gz", "nothing.warc.gz"):
+        assert sum(name in w and ("file_unreadable" in w or "file_empty" in w) for w in warnings) == 1, (name, warnings)

@@ -124,6 +124,14 @@ def test_killed_run_resumes_from_its_last_checkpoint_with_the_same_data_order(ti
     assert done and done[-1] < 60
 
     complete = [d for d in done if (checkpoints / f"checkpoint-{d}" / "trainer_state.json").is_file()]
+    # a resume with settings that change the result refuses, naming them, and leaves the killed run as it was
+    for flag, value, said in (("--depth", "2", "depth: 1 -> 2"), ("--seed", "4", "seed: 3 -> 4"),
+                              ("--learning_rate", "1e-3", "learning_rate: 0.003 -> 0.001")):
+        changed = run_cli("pretrain", "--output_dir", killed_dir, *common, flag, value)
+        assert changed.returncode == 2 and said in changed.stderr and "--overwrite true" in changed.stderr, \
+            changed.stderr[-2000:]
+        assert "Traceback" not in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
+    assert sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")) == done
     resumed = run_cli("pretrain", "--output_dir", killed_dir, *common)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
@@ -139,7 +147,12 @@ def test_killed_run_resumes_from_its_last_checkpoint_with_the_same_data_order(ti
     assert after, "the resumed part must have logged steps"
     for step in after:  # same batches in the same order -> the same losses
         assert b[step] == pytest.approx(a[step], abs=2e-3), step
-    sa = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "pretrain").state_dict()
+    # the metrics cover the whole run, not the resumed part: the mean loss of every step, tokens/s of this process
+    straight_metrics = json.loads((tmp_path / "straight" / "pretrain" / "metrics.json").read_text())
+    assert metrics["train_loss"] == pytest.approx(straight_metrics["train_loss"], abs=2e-3)
+    resumed_tokens = (60 - complete[-1]) * 8 * 64
+    assert metrics["tokens_per_s"] == pytest.approx(resumed_tokens / metrics["train_seconds"], rel=1e-6)
+        sa = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "pretrain").state_dict()
     sb = AutoModelForCausalLM.from_pretrained(killed_dir / "pretrain").state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-3) for k in sa)
 

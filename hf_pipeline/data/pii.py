@@ -204,7 +204,7 @@ class PIIScrubber(BaseFormatter):
             555-01xx numbers for phones.
 
     Stats: ``pii_email``, ``pii_ip``, ``pii_phone`` (replacements, summed over documents; a document without any of a
-    type adds nothing), besides datatrove's ``total``.
+    type adds nothing), besides datatrove's ``total`` and ``forwarded``.
     """
 
     name = "📞 PII scrubber"
@@ -225,7 +225,8 @@ class PIIScrubber(BaseFormatter):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         for doc in super().run(data, rank, world_size):
-            self.update_doc_stats(doc)  # characters out, for the data stage's report
+            self.stat_update("forwarded")  # documents and characters out, for the data stage's report
+            self.update_doc_stats(doc)
             yield doc
 
     def format(self, text: str) -> str:

@@ -24,8 +24,12 @@ deduplication needs every document's signature before any document can be droppe
     finalize      1 task: stats.json, metrics.json, then RUN/data.incomplete is renamed RUN/data
 
 Datatrove marks each finished task, so re-running a killed run skips what is done and redoes a half-done task from
-its start (its output file is rewritten, never appended to). Working files and logs live in RUN/data.work/; the
-published folder holds the dataset (``load_dataset(RUN/data)``), stats.json, metrics.json and config.yaml.
+its start (its output file is rewritten, never appended to). Only a killed run of the same recipe resumes (its
+stamp RUN/data.work/config.json and RUN/data.incomplete both there); ``overwrite``, a changed recipe or any other
+leftover starts over, and the old RUN/data stays until the new one replaces it. The stats add up the per-task stats
+of every task, whichever run or worker did it (stats.py). Worker processes end with the hf-pipeline process, so a
+killed or interrupted run leaves nothing running. Working files and logs live in RUN/data.work/; the published
+folder holds the dataset (``load_dataset(RUN/data)``), stats.json, metrics.json and config.yaml.
 """
 
 from __future__ import annotations
@@ -37,10 +41,11 @@ import os
 import shutil
 from pathlib import Path
 
+from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.dedup import MinhashDedupFilter
 from datatrove.pipeline.readers import JsonlReader
 
-from ..artifacts import incomplete_dir, is_complete, write_json
+from ..artifacts import finish_stage, incomplete_dir, is_complete, write_json
 from ..config import ConfigError, DataConfig, config_to_dict, save_config
 from .readers import input_files, load_url_map
 from .stats import collect_stats, summary_metrics
@@ -235,15 +240,79 @@ def build_stages(config: DataConfig, root: str, files: list[str], out: Path, wor
 # Executors
 
 
+def _start_time(pid: int) -> str | None:
+    """A process's start time (``/proc/PID/stat`` field 22): with the pid, it names the process (pids are reused);
+    None when it is gone or a zombie (or where there is no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in "ZX" else fields[19]
+
+
+_WATCHING: int | None = None  # the pid whose watch thread runs (a forked child inherits the value, not the thread)
+_HOOKED: int | None = None  # the pid whose children get one
+
+
+def _exit_with(process: tuple[int, str | None]) -> None:
+    """In a helper process: end it as soon as ``process`` (pid, start time) is gone, however that ended (SIGKILL
+    included), so that nothing goes on writing a task a re-run will redo, or waits forever for work."""
+    import threading
+    import time
+
+    global _WATCHING
+    if process[1] is None or _WATCHING == os.getpid():
+        return
+    _WATCHING = os.getpid()
+
+    def watch():
+        while _start_time(process[0]) == process[1]:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hf-pipeline-exit-with", daemon=True).start()
+
+
+def _children_exit_with_me() -> None:
+    """Processes forked from this one from now on end when it ends: datatrove's Manager, and the extractor's
+    sandbox, which holds both ends of its pipe and would otherwise wait for the next page forever."""
+    import multiprocessing.util
+
+    from multiprocess import util
+
+    global _HOOKED
+    if _HOOKED == os.getpid():
+        return
+    _HOOKED = os.getpid()
+    me = (os.getpid(), _start_time(os.getpid()))
+    for registry in (util, multiprocessing.util):  # datatrove forks with both
+        registry.register_after_fork(_exit_with, lambda _: _exit_with(me))
+
+
+class LocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor whose processes (workers, its Manager, the extractor's sandboxes) end with the
+    hf-pipeline process: a killed or interrupted run leaves no orphan behind, writing or waiting."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.main = (os.getpid(), _start_time(os.getpid()))
+        _children_exit_with_me()
+
+    def _launch_run_for_rank(self, rank: int, ranks_q, completed=None, completed_lock=None):
+        if os.getpid() != self.main[0]:  # a pool worker (its parent is the forkserver, not this process)
+            _exit_with(self.main)
+            _children_exit_with_me()
+        return super()._launch_run_for_rank(rank, ranks_q, completed, completed_lock)
+
+
 def make_executor(config: DataConfig, stage: dict, logging_dir: Path, depends=None):
     """The datatrove executor for one stage; ``executor_options`` go to its constructor (Slurm: partition, time...)."""
     options = dict(config.executor_options)
     common = dict(pipeline=stage["pipeline"], tasks=stage["tasks"], logging_dir=str(logging_dir), depends=depends)
     if config.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
         workers = min(config.workers or config.num_proc, stage["tasks"])
-        return LocalPipelineExecutor(workers=workers, **common, **options)  # depends is None: run() runs in order
+        return LocalExecutor(workers=workers, **common, **options)  # depends is None: run() runs in order
     if config.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
@@ -254,21 +323,51 @@ def make_executor(config: DataConfig, stage: dict, logging_dir: Path, depends=No
     return RayPipelineExecutor(workers=config.workers or -1, **common, **options)
 
 
+def published_rows(folder: Path) -> int:
+    """Rows in the parquet shards under ``folder`` (from their footers: nothing is read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in sorted(Path(folder).rglob("*.parquet")))
+
+
 def finalize(data, rank: int = 0, world_size: int = 1, *, config_dict: dict, stages: list[dict], out: str,
-             work: str, final: str):
-    """The last stage (one task): stats.json and metrics.json, then publish RUN/data.incomplete as RUN/data."""
+             work: str, final: str, expected_files: int | None = None):
+    """The last stage (one task): stats.json and metrics.json from every task of every stage (resumed runs and
+    all workers included), then RUN/data.incomplete replaces RUN/data (``finish_stage``: the old one stays until
+    the new one is in place)."""
     out, work, final = Path(out), Path(work), Path(final)
-    stats = collect_stats(stages, work / "logs")
+    stats = collect_stats(stages, work / "logs", published=published_rows(out / "data"),
+                          expected_files=expected_files)
     stats["config"] = config_dict
     write_json(out / "stats.json", stats)
     write_json(out / "metrics.json", summary_metrics(stats))
-    if final.exists():
-        shutil.rmtree(final)
-    out.rename(final)
-    for sub in work.iterdir():  # intermediate documents and signatures; the logs stay for inspection
+    finish_stage(out, final)
+    for sub in work.iterdir():  # intermediate documents, signatures and the stamp; the logs stay for inspection
         if sub.name != "logs":
             shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
     return data or ()
+
+
+# Settings that do not change what the stage computes: a run may resume with other values
+RESUME_SAFE = {"overwrite"}
+
+
+def _start_over_reason(config: DataConfig, config_dict: dict, out: Path, work: Path) -> str | None:
+    """Why the leftovers of an earlier run (RUN/data.work, RUN/data.incomplete) cannot be resumed; None: resume
+    (or nothing is left over). Only a killed run of the same recipe resumes: its stamp and its folder are there."""
+    if not out.exists() and not work.exists():
+        return None
+    if config.overwrite:
+        return "overwrite: true"
+    stamp = work / "config.json"
+    if not stamp.is_file() or not out.is_dir():  # a published run's logs (RUN/data deleted since), or a partial copy
+        return f"{work} and {out} are not the two halves of a killed run"
+    before = json.loads(stamp.read_text())
+    now = json.loads(json.dumps(config_dict))
+    changed = sorted(k for k in set(before) | set(now) if k not in RESUME_SAFE and before.get(k) != now.get(k))
+    if changed:
+        return f"the recipe changed since {work} was started ({', '.join(changed[:4])})"
+    return None
 
 
 def run(config: DataConfig) -> Path:
@@ -280,24 +379,25 @@ def run(config: DataConfig) -> Path:
     out, work = incomplete_dir(final), final.with_name(final.name + WORK_SUFFIX)
     root, files = input_files(config.inputs)
     config_dict = config_to_dict(config)
-    # Resume only the same recipe: a changed config redoes the stage from scratch.
-    stamp = work / "config.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != json.loads(json.dumps(config_dict)):
-        logger.info("data: the recipe changed since %s was started; starting over", work)
-        shutil.rmtree(work)
+    # Resume only a killed run of the same recipe; anything else starts over (RUN/data stays until replaced).
+    reason = _start_over_reason(config, config_dict, out, work)
+    if reason:
+        logger.info("data: starting over: %s", reason)
+        shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
-    elif out.exists() or work.exists():
+    elif out.exists():
         logger.info("data: resuming %s (finished tasks are skipped)", out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(stamp, config_dict)
+    write_json(work / "config.json", config_dict)
     save_config(config, out / "config.yaml")
     logger.info("data: %d input files under %s, executor %s", len(files), root, config.executor)
 
     stages = build_stages(config, root, files, out, work)
-    report = [{"name": s["name"], "report": s["report"]} for s in stages]
+    report = [{"name": s["name"], "report": s["report"], "tasks": s["tasks"]} for s in stages]
     stages.append({"name": "finalize", "tasks": 1, "report": [None], "pipeline": [functools.partial(
-        finalize, config_dict=config_dict, stages=report, out=str(out), work=str(work), final=str(final))]})
+        finalize, config_dict=config_dict, stages=report, out=str(out), work=str(work), final=str(final),
+        expected_files=len(files) if config.limit == -1 else None)]})
     if config.executor == "local":
         for stage in stages:  # one after the other; datatrove skips the tasks a previous run finished
             logs = work / "logs" / stage["name"]
@@ -312,12 +412,20 @@ def run(config: DataConfig) -> Path:
         for stage in stages:
             executor = make_executor(config, stage, work / "logs" / stage["name"], depends=executor)
         executor.run()  # Slurm: submits the chain of jobs and returns; Ray: runs the chain
-        if not is_complete(final):
+        if config.executor == "slurm":  # (an old RUN/data stays there until the last job replaces it)
             logger.info("data: submitted; %s appears when the last job finishes", final)
             return final
+        if out.exists():
+            raise RuntimeError(f"data: the run ended before publishing {final} (logs in {work / 'logs'}); "
+                               f"run again to resume it")
     stats = json.loads((final / "stats.json").read_text())
     for step in stats["steps"]:
         logger.info("data: %-18s docs %7d -> %7d  chars %10s -> %10s  %s", step["step"], step["docs_in"],
                     step["docs_out"], step["chars_in"], step["chars_out"],
                     ", ".join(f"{k} {v}" for k, v in step["dropped"].items()))
+    if stats.get("files"):
+        logger.info("data: files: %s", ", ".join(f"{k} {v}" for k, v in stats["files"].items()))
+    if stats.get("accounting"):  # each one was a warning when the stats were collected
+        logger.warning("data: %d accounting problems: see 'accounting' in %s", len(stats["accounting"]),
+                       final / "stats.json")
     return final

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -50,6 +51,14 @@ def decode_html(payload: bytes, charset: str | None = None) -> str | None:
     return None if junk > max(10, len(text) // 100) else text
 
 
+class UnreadableFile(ValueError):
+    """A file whose bytes are not what its name says (counted as ``reason``: ``file_unreadable``, ``file_empty``)."""
+
+    def __init__(self, message: str, reason: str = "file_unreadable"):
+        super().__init__(message)
+        self.reason = reason
+
+
 class WebReader(BaseDiskReader):
     """Reads ``.warc[.gz]``, ``.wet[.gz]``, ``.html[.gz]`` and ``.jsonl[.gz]`` (``url`` + ``html`` fields) files."""
 
@@ -67,21 +76,31 @@ class WebReader(BaseDiskReader):
         self.url_by_file = url_by_file or {}  # plain HTML files carry no URL: a caller may know it (file stem -> url)
 
     def read_file(self, filepath: str):
+        """The documents of one file. A file that cannot be read whole is counted once, as a file (not as
+        documents): ``file_truncated`` (it ends early), ``file_unreadable`` (not what its name says: random bytes,
+        an HTML error page saved as .warc.gz, a corrupt gzip), ``file_empty``, ``skipped_unknown_file_type``."""
         name = filepath.lower()
+        read = 0
         try:
             if name.endswith(WARC_SUFFIXES):
-                yield from self._read_warc(filepath)
+                reader = self._read_warc(filepath)
             elif name.endswith(JSONL_SUFFIXES):
-                yield from self._read_jsonl(filepath)
+                reader = self._read_jsonl(filepath)
             elif name.endswith(HTML_SUFFIXES):
-                yield from self._read_html(filepath)
+                reader = self._read_html(filepath)
             else:
                 self.stat_update("skipped_unknown_file_type")
-        except (OSError, EOFError, zlib.error) as e:  # truncated gzip, unreadable file
-            truncated = isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompress" in str(e)
-            reason = "file_truncated" if truncated else "file_unreadable"
+                logger.warning(f"{filepath}: skipped_unknown_file_type (not WARC/WET, HTML or JSONL by its name)")
+                return
+            for doc in reader:
+                read += 1
+                yield doc
+        except (OSError, EOFError, zlib.error, UnreadableFile) as e:
+            # EOFError: the gzip stream stops before its end; anything else: the bytes are not what the name says
+            reason = "file_truncated" if isinstance(e, EOFError) else getattr(e, "reason", "file_unreadable")
             self.stat_update(reason)
-            logger.warning(f"{filepath}: {reason} ({e}); kept the documents read before the error")
+            kept = f"; kept the {read} documents read before the error" if read else ""
+            logger.warning(f"{filepath}: {reason} ({e}){kept}")
 
     # -- WARC / WET ----------------------------------------------------------------------------------------------
     def _read_warc(self, filepath: str):
@@ -94,6 +113,13 @@ class WebReader(BaseDiskReader):
             # Python's gzip (streamed, never the whole file in memory) reads the multi-member files with quirks
             # (ClueWeb) that FastWARC's own decompressor rejects; FastWARC then parses the records
             stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            head = stream.peek(64)[:64] if gzipped else raw.read(64)
+            if not gzipped:
+                raw.seek(0)
+            if not head.strip():
+                raise UnreadableFile("no content", reason="file_empty")
+            if not head.lstrip().startswith(b"WARC/"):  # FastWARC would find no record in it, and say nothing
+                raise UnreadableFile(f"not a WARC file: it starts with {head.lstrip()[:20]!r}")
             records = ArchiveIterator(stream, record_types=wanted, quirks_mode=True, strict_mode=False)
             for index, record in enumerate(records):
                 doc = self._record_to_document(record, filepath, index)
