@@ -152,7 +152,7 @@ def test_killed_run_resumes_from_its_last_checkpoint_with_the_same_data_order(ti
     assert metrics["train_loss"] == pytest.approx(straight_metrics["train_loss"], abs=2e-3)
     resumed_tokens = (60 - complete[-1]) * 8 * 64
     assert metrics["tokens_per_s"] == pytest.approx(resumed_tokens / metrics["train_seconds"], rel=1e-6)
-        sa = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "pretrain").state_dict()
+    sa = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "pretrain").state_dict()
     sb = AutoModelForCausalLM.from_pretrained(killed_dir / "pretrain").state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-3) for k in sa)
 
