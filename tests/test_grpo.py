@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -149,13 +150,14 @@ def test_freeze_embeddings_keeps_embeddings_and_lm_head_and_trains_the_rest(tiny
 
 
 def test_resume_from_the_last_checkpoint(tiny_run, tmp_path):
-    config = grpo_config(tmp_path / "run", tiny_run, max_steps=2, save_steps=1, keep_checkpoints=True,
+    config = grpo_config(tmp_path / "run", tiny_run, max_steps=3, save_steps=1, keep_checkpoints=True,
                          num_test_problems=2, pass_k=1, beta=0.0)
     stage = grpo.run(config)
     assert (stage / "checkpoints" / "checkpoint-2").is_dir()
-    # As if killed after step 2 of 3: the folder back under its temporary name, then the same command again.
+    # As if killed after step 2 of 3: the folder back under its temporary name without the last checkpoint, then
+    # the same command again (a resume with other settings refuses: tests/test_reliability.py).
     stage.rename(stage.with_name("grpo.incomplete"))
-    config.max_steps = 3
+    shutil.rmtree(stage.with_name("grpo.incomplete") / "checkpoints" / "checkpoint-3")
     stage = grpo.run(config)
     metrics = json.loads((stage / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("checkpoint-2") and metrics["steps"] == 3

@@ -117,7 +117,7 @@ def test_resume_from_the_last_checkpoint(sft_run, tmp_path):
     checkpoints = run_dir / "sft.incomplete" / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-30", "checkpoint-60"]
     shutil.rmtree(checkpoints / "checkpoint-60")  # killed between the two checkpoints
-    config = sft_config(run_dir, sft_run.model, sft_run.datasets, mmlu=None)
+    config = sft_config(run_dir, sft_run.model, sft_run.datasets)  # the settings it was started with
     sft.run(config)
     metrics = json.loads((run_dir / "sft" / "metrics.json").read_text())
     assert metrics["resumed_from"].endswith("checkpoint-30") and metrics["steps"] == 60
