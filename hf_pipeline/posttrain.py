@@ -11,8 +11,9 @@
        samples.json (before/after), log_history.json -> rename to RUN/<stage>/
 
 A stage subclasses ``PostTrainingStage`` and fills in what is its own: ``load_data``, ``make_trainer``, ``measure``,
-and optionally ``load_start`` (its model preparation), ``save_extra`` and ``stage_metrics``. Measuring never changes
-the training run: the random states (torch, numpy, random) are the same with and without it.
+and optionally ``load_start`` (its model preparation), ``save_extra`` and ``stage_metrics``. The starting model is
+measured before the trainer is built (whose construction seeds the training's random state afresh), unless the
+stage sets ``measures_with_trainer`` (sft: its held-out loss is the trainer's own evaluation).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def before_after(before: dict, after: dict) -> dict:
 
 class PostTrainingStage:
     """One post-training stage. ``run()`` is the lifecycle; subclasses implement the hooks below."""
+
+    measures_with_trainer = False  # True: ``measure`` needs the trainer (then the start is measured once it is built)
 
     def __init__(self, config: PostTrainingConfig):
         self.config = config
@@ -79,7 +82,8 @@ class PostTrainingStage:
         raise NotImplementedError
 
     def measure(self, engine: Engine, trainer) -> tuple[dict, object]:
-        """The stage's measures of ``engine.model``: ``(flat metrics, samples)``."""
+        """The stage's measures of ``engine.model``: ``(flat metrics, samples)``. ``trainer`` is None when the
+        starting model is measured before the trainer exists (``measures_with_trainer`` False)."""
         raise NotImplementedError
 
     def save_extra(self, work: Path, model, tokenizer) -> None:
@@ -92,7 +96,6 @@ class PostTrainingStage:
     # --- the lifecycle ------------------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        import torch
         import transformers
 
         config, name = self.config, self.name
@@ -111,29 +114,23 @@ class PostTrainingStage:
         transformers.set_seed(config.seed)
         model, tokenizer = self.load_start(model_path, work)
         self.load_data(tokenizer)
+        # 1. The starting model, measured once (a resumed run reads what the killed one measured): before the
+        #    trainer is built, unless the stage measures with it (sft's held-out loss is trainer.evaluate()).
+        def measure_start(trainer):
+            model.eval()
+            return self.measure(Engine(trainer.model if trainer else model, tokenizer), trainer)
+
+        if not self.measures_with_trainer:
+            base = measure_once(work, lambda: measure_start(None))
         trainer = self.trainer = self.make_trainer(model, tokenizer, str(work / CHECKPOINTS))
+        if self.measures_with_trainer:
+            base = measure_once(work, lambda: measure_start(trainer))
         model = trainer.model  # the PeftModel with LoRA
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         logger.info("%s: %s, %.2fM of %.2fM parameters trained", name,
                     "LoRA" if config.use_lora else "all weights", trainable / 1e6, total / 1e6)
         engine = Engine(model, tokenizer)
-
-        # 1. The starting model, measured once (a resumed run reads what the killed one measured).
-        def measure_start():
-            import random
-
-            import numpy as np
-
-            states = random.getstate(), np.random.get_state()
-            with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-                model.eval()
-                measured = self.measure(engine, trainer)
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            return measured
-
-        base = measure_once(work, measure_start)
         logger.info("%s: before: %s", name, format_metrics(base["metrics"]))
 
         # 2. Train.

@@ -116,6 +116,8 @@ def protocol_token_ids(tokenizer) -> list[int]:
 class SFTStage(PostTrainingStage):
     """SFTTrainer on the conversation mixture; measures: held-out loss, stop rate, identity, MMLU."""
 
+    measures_with_trainer = True  # the held-out loss is SFTTrainer.evaluate() (its chat template and loss mask)
+
     def load_data(self, tokenizer) -> None:
         self.train, self.heldout, self.stats = build_conversations(self.config, tokenizer)
         logger.info("sft: %d training conversations (%d identity, %d worked problems), %d held out; skipped: %s",
