@@ -42,7 +42,8 @@ class EvalConfig:
                        "Hub id.")
     suites: list[str] = _help(f"Measures to run: {', '.join(SUITES)}.", default_factory=lambda: ["chat"])
     output_dir: Optional[str] = _help("Where metrics.json goes (default: runs/eval/<model>).", default=None)
-    mirror: Optional[str] = _help(f"Local Hub mirror for dataset ids (default: ${MIRROR_ENV}).", default=None)
+    mirror: Optional[str] = _help(f"Local Hub mirror for dataset ids (default: ${MIRROR_ENV}, else the one the "
+                                  f"model's stage recorded in its config.yaml).", default=None)
     seed: int = _help("Seed of the sampled measures and of the problems drawn.", default=0)
     overwrite: bool = _help("Replace an earlier evaluation in output_dir.", default=True)
     # bpb
@@ -108,6 +109,10 @@ def run(config: EvalConfig) -> Path:
         raise ConfigError(f"eval.output_dir: {final} exists (--overwrite true to replace it)")
     start = time.time()
     engine = Engine.load(config.model)
+    if config.mirror is None:  # a stage folder's recorded settings name the mirror its run read datasets from
+        recorded = Path(engine.path) / "config.yaml"
+        if recorded.is_file():
+            config.mirror = (yaml.safe_load(recorded.read_text()) or {}).get("mirror")
     logger.info("eval: %s (%s), suites %s", config.model, engine.path, ", ".join(config.suites))
     metrics, samples = {"model": config.model, "suites": list(config.suites)}, {}
     for suite in config.suites:
