@@ -84,7 +84,7 @@ def resume_or_start(final: Path, settings: dict, resume: bool) -> tuple[Path, st
 
 def train_loss(log_history: list[dict]) -> float | None:
     """Mean training loss over every logged step, a resumed run's earlier steps included (the Trainer's own
-    ``training_loss`` covers the steps of the last process only)."""
+    ``training_loss`` covers the steps of the last process only); exact when every step is logged."""
     total = steps = 0.0
     last = 0
     for entry in log_history:

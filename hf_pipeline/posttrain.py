@@ -162,7 +162,9 @@ class PostTrainingStage:
         metrics = {
             **before_after(base["metrics"], after),
             **self.stage_metrics(),
-            "train_loss": train_loss(trainer.state.log_history), "steps": trainer.state.global_step,
+            # the Trainer's mean covers this process's steps: after a resume, the mean of every logged step
+            "train_loss": train_loss(trainer.state.log_history) if resume_from else result.training_loss,
+            "steps": trainer.state.global_step,
             "learning_rate": config.learning_rate, "use_lora": config.use_lora, "trainable_params": trainable,
             "num_params": total, "start_model": model_path, "resumed_from": resume_from,
             "train_seconds": train_seconds, "device": str(trainer.args.device), "bf16": trainer.args.bf16,

@@ -172,7 +172,8 @@ def run(config: PretrainConfig) -> Path:
     metrics = {
         "heldout_loss": final_eval["eval_loss"],
         "heldout_bpb": final_eval["eval_bpb"],
-        "train_loss": train_loss(trainer.state.log_history),  # every step, across resumes
+        # the Trainer's mean covers this process's steps: after a resume, the mean of every logged step instead
+        "train_loss": train_loss(trainer.state.log_history) if resume_from else result.training_loss,
         "steps": steps,
         "train_tokens": tokens,
         "tokens_per_s": (steps - resumed_step) * tokens_per_step / max(result.metrics.get("train_runtime", 1e-9),
