@@ -218,14 +218,16 @@ class Engine:
         if sampling.seed is not None:
             set_seed(sampling.seed)
         if self.tools:
+            stops = self.stop_ids, self._chat_stops()
             return [self._finish(self._generate_row(self.tokenizer(self.render(c), add_special_tokens=False)
-                                                    ["input_ids"], sampling)) for c in conversations]
+                                                    ["input_ids"], sampling), stops) for c in conversations]
         return self._reply_batched(conversations, sampling, batch_size)
 
     def _reply_batched(self, conversations, sampling: SamplingParams, batch_size: int) -> list[dict]:
         import torch
 
-        kwargs = dict(sampling.generate_kwargs(), eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+        stops = self.stop_ids, self._chat_stops()  # once: each reads the vocabulary
+        kwargs = dict(sampling.generate_kwargs(), eos_token_id=stops[0], pad_token_id=self.pad_id)
         side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
         out = []
         try:
@@ -235,18 +237,20 @@ class Engine:
                 inputs = inputs.to(self.model.device)
                 with torch.no_grad():
                     ids = self.model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:].tolist()
-                out += [self._finish({"ids": row, "tool_calls": []}) for row in ids]
+                out += [self._finish({"ids": row, "tool_calls": []}, stops) for row in ids]
         finally:
             self.tokenizer.padding_side = side
         return out
 
-    def _finish(self, result: dict) -> dict:
-        """Generated ids -> the reply's text (up to the first stop token), whether it stopped, its length."""
-        row, stops = result["ids"], self.stop_ids
-        end = next((i for i, t in enumerate(row) if t in stops), None)
+    def _finish(self, result: dict, stops: tuple[list[int], set[int]] | None = None) -> dict:
+        """Generated ids -> the reply's text (up to the first stop token), whether it stopped, its length.
+        ``stops``: ``(self.stop_ids, self._chat_stops())``, computed once for a batch."""
+        row = result["ids"]
+        stop_ids, chat_stops = stops or (self.stop_ids, self._chat_stops())
+        end = next((i for i, t in enumerate(row) if t in stop_ids), None)
         return {
             "reply": self.tokenizer.decode(row[:end], skip_special_tokens=True).strip(),
-            "stopped": end is not None and row[end] in self._chat_stops(),
+            "stopped": end is not None and row[end] in chat_stops,
             "tokens": len(row) if end is None else end,
             "tool_calls": result["tool_calls"],
         }
