@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal, Optional
 import yaml
 
 from .errors import ConfigError, suggest, unknown
-from .refs import RUN_PREFIX, Source, as_sources, from_mapping, run_path  # noqa: F401 - the config's source type
+from .refs import Source, as_sources, from_mapping, run_path
 from .stages import STAGES, get_stage
 
 MIRROR_ENV = "HF_PIPELINE_MIRROR"
@@ -69,6 +69,8 @@ RANGES: dict[str, str] = {
     "num_generations": ">= 2 (a group needs a spread)",
     "temperature": "> 0", "max_completion_length": ">= 1", "num_iterations": ">= 1", "pass_k": ">= 1",
     "eval_temperature": "> 0", "eval_batch_size": ">= 1",
+    # hf-pipeline eval (evals.EvalConfig)
+    "num_prompts": ">= 1", "num_problems": ">= 1", "k": ">= 1", "bpb_max_windows": ">= -1",
 }
 
 

@@ -46,7 +46,6 @@ logger = logging.getLogger("hf_pipeline")
 
 CHAT_CONFIG = "chat_config.json"  # written by the sft stage beside the model: system_message, assistant_name...
 
-Message = dict
 Conversation = list[dict]
 
 

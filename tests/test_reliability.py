@@ -127,6 +127,7 @@ def test_expected_failures_are_one_line_and_a_nonzero_exit(tiny_run, tmp_path):
         (["pretrain", "--config", latin1], "not UTF-8 text (line 1"),
         (["pretrain", "--config", TINY, "--output_dir", out, "--batch_size", "0"], "batch_size: must be >= 1, not 0"),
         (["eval", model, "--suites", "chatt"], "unknown suite 'chatt'"),
+        (["eval", model, "--suites", "problems", "--k", "0"], "eval.k: must be >= 1, not 0"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ]
     for args, message in cases:

@@ -46,7 +46,7 @@ from datatrove.pipeline.dedup import MinhashDedupFilter
 from datatrove.pipeline.readers import JsonlReader
 
 from ..artifacts import finish_stage, incomplete_dir, is_complete, write_json
-from ..config import ConfigError, DataConfig, config_to_dict, save_config
+from ..config import DataConfig, config_to_dict, save_config
 from .readers import input_files, load_url_map
 from .stats import collect_stats, summary_metrics
 

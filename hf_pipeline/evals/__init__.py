@@ -19,19 +19,15 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import MIRROR_ENV, ConfigError
+from ..config import MIRROR_ENV, ConfigError, _help, check_ranges
 
 logger = logging.getLogger("hf_pipeline")
 
 SUITES = ("bpb", "mmlu", "chat", "problems")
-
-
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass
@@ -89,9 +85,7 @@ class EvalConfig:
                 raise ConfigError(f"eval.suites: unknown suite '{suite}' (known: {', '.join(SUITES)})")
         if "bpb" in self.suites and not self.bpb_texts:
             raise ConfigError("eval.bpb_texts: the bpb suite needs texts to measure on")
-        for name in ("num_prompts", "max_new_tokens", "num_problems", "k", "max_completion_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"eval.{name}: must be >= 1, not {getattr(self, name)}")
+        check_ranges(self, "eval")  # config.RANGES: the same ranges as the stages' fields of the same names
         if self.output_dir is None:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(Path(self.model).parts[-2:])).strip("-.")
             self.output_dir = str(Path("runs") / "eval" / (slug or "model"))
