@@ -54,16 +54,23 @@ RESUME_SAFE = {"overwrite", "resume", "num_proc", "logging_steps", "save_steps",
                "mirror", "output_dir"}
 
 
-def resume_or_start(final: Path, settings: dict, resume: bool) -> tuple[Path, str | None]:
+def resume_or_start(final: Path, settings: dict, resume: bool,
+                    progress_file: str | None = None) -> tuple[Path, str | None]:
     """The temporary folder of a checkpointing stage and the checkpoint to resume from (None: a fresh start).
 
     A killed run's ``RUN/<stage>.incomplete`` is resumed when ``resume`` (the config's ``resume`` and not
-    ``overwrite``) and it holds a complete checkpoint, but only with the settings it recorded in config.yaml: a
+    ``overwrite``) and it holds a complete checkpoint (or, for a stage that appends its results to
+    ``progress_file``, that file), but only with the settings it recorded in config.yaml: a
     change outside ``RESUME_SAFE`` is a ConfigError naming the fields. Otherwise it is wiped. ``settings`` (the
     config as a dict) is written to config.yaml.
     """
     work = incomplete_dir(final)
-    resume_from = last_complete_checkpoint(work / "checkpoints") if resume and work.exists() else None
+    resume_from = None
+    if resume and work.exists():
+        if progress_file:
+            resume_from = str(work / progress_file) if (work / progress_file).is_file() else None
+        else:
+            resume_from = last_complete_checkpoint(work / "checkpoints")
     if resume_from:
         recorded = work / CONFIG_FILE
         before = yaml.safe_load(recorded.read_text()) if recorded.is_file() else {}

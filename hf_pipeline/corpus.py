@@ -42,7 +42,7 @@ def load_corpus(sources: list[Source], mirror: str | None, heldout_fraction: flo
     trains, heldouts = [], []
     for source in sources:
         ds = load_source(source, mirror)
-        n_held = int(len(ds) * heldout_fraction)
+        n_held = int(len(ds) * heldout_fraction) if source.heldout else 0
         if n_held > 0:
             split = ds.train_test_split(test_size=n_held, seed=seed, shuffle=True)
             train, held = split["train"], split["test"]

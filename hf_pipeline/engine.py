@@ -223,20 +223,39 @@ class Engine:
         return self._reply_batched(conversations, sampling, batch_size)
 
     def _reply_batched(self, conversations, sampling: SamplingParams, batch_size: int) -> list[dict]:
+        stops = self.stop_ids, self._chat_stops()  # once: each reads the vocabulary
+        rows = self._generate_batched([self.render(c) for c in conversations], sampling, batch_size, stops[0])
+        return [self._finish({"ids": row, "tool_calls": []}, stops) for row in rows]
+
+    def complete_batch(self, prompts: Sequence[str], sampling: SamplingParams | None = None,
+                       batch_size: int = 16) -> list[str]:
+        """``complete`` for many prompts at once (left-padded batches): the new text of each, up to an end token."""
+        from transformers import set_seed
+
+        sampling = sampling or SamplingParams(temperature=1.0)
+        if sampling.seed is not None:
+            set_seed(sampling.seed)
+        if not all(prompts):
+            raise ConfigError("prompt: must not be empty")
+        stop_ids = self.stop_ids
+        rows = self._generate_batched(list(prompts), sampling, batch_size, stop_ids)
+        return [self.tokenizer.decode(row[:next((i for i, t in enumerate(row) if t in stop_ids), None)],
+                                      skip_special_tokens=True) for row in rows]
+
+    def _generate_batched(self, prompts: list[str], sampling: SamplingParams, batch_size: int,
+                          stop_ids: list[int]) -> list[list[int]]:
+        """The new token ids of each prompt (a row may run on after its stop token, as padding)."""
         import torch
 
-        stops = self.stop_ids, self._chat_stops()  # once: each reads the vocabulary
-        kwargs = dict(sampling.generate_kwargs(), eos_token_id=stops[0], pad_token_id=self.pad_id)
+        kwargs = dict(sampling.generate_kwargs(), eos_token_id=stop_ids, pad_token_id=self.pad_id)
         side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
         out = []
         try:
-            for start in range(0, len(conversations), batch_size):
-                prompts = [self.render(c) for c in conversations[start:start + batch_size]]
-                inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-                inputs = inputs.to(self.model.device)
+            for start in range(0, len(prompts), batch_size):
+                inputs = self.tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                                        add_special_tokens=False).to(self.model.device)
                 with torch.no_grad():
-                    ids = self.model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:].tolist()
-                out += [self._finish({"ids": row, "tool_calls": []}, stops) for row in ids]
+                    out += self.model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:].tolist()
         finally:
             self.tokenizer.padding_side = side
         return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ class Source:
     and ``.md`` files into documents: each line, each paragraph (blank-line separated) or the whole file.
     ``weight`` is the number of passes over the source in one epoch of the mixture: 3.0 repeats it three times
     (the way curated sources are upweighted in real pretraining mixtures, or alignment-handbook's
-    ``dataset_mixture``), 0.5 keeps a random half.
+    ``dataset_mixture``), 0.5 keeps a random half. ``heldout: false`` keeps every document for training (a corpus
+    holds out a share of each source otherwise): the facts stage's documents, whose counts are the experiment.
     """
 
     path: str
@@ -54,6 +56,7 @@ class Source:
     text_column: str = "text"
     sample_by: Literal["line", "paragraph", "document"] = "paragraph"
     weight: float = 1.0
+    heldout: bool = True
 
     def __post_init__(self):
         if isinstance(self.path, os.PathLike):
@@ -288,16 +291,32 @@ def _open(source: Source, mirror: str | None, what: str, cache_dir: str | None =
     return _pick_split(datasets.load_dataset(where, source.name, cache_dir=cache_dir, **local), source, what)
 
 
+SPLIT_SLICE = re.compile(r"^(?P<name>[\w.-]+)\[(?P<start>-?\d*)(?P<start_pct>%?):(?P<stop>-?\d*)(?P<stop_pct>%?)\]$")
+
+
 def _pick_split(splits, source: Source, what: str):
-    """A DatasetDict's (or a ``{split: files}`` mapping's) split: the source's, else ``train``, else the only one."""
+    """A DatasetDict's (or a ``{split: files}`` mapping's) split: the source's, else ``train``, else the only one.
+    A split may be sliced as in ``datasets``: ``validation[:2000]``, ``validation[2000:]``, ``train[:10%]``."""
     import datasets
 
     if not isinstance(splits, (datasets.DatasetDict, dict)):
         return splits  # a Dataset: a single split
     if source.split is not None:
-        if source.split not in splits:
-            raise ConfigError(f"{what}: '{source.path}' has no split '{source.split}' (splits: {', '.join(splits)})")
-        return splits[source.split]
+        sliced = SPLIT_SLICE.match(source.split)
+        name = sliced["name"] if sliced else source.split
+        if name not in splits:
+            raise ConfigError(f"{what}: '{source.path}' has no split '{name}' (splits: {', '.join(splits)})")
+        if not sliced:
+            return splits[name]
+        if not isinstance(splits[name], datasets.Dataset):
+            raise ConfigError(f"{what}: '{source.path}': a split of files cannot be sliced ({source.split})")
+        ds, bounds = splits[name], []
+        for key in ("start", "stop"):
+            value = sliced[key]
+            if value and sliced[f"{key}_pct"]:
+                value = int(len(ds) * int(value) / 100)
+            bounds.append(int(value) if value != "" else None)
+        return ds.select(range(len(ds))[slice(*bounds)])
     if "train" in splits or len(splits) == 1:
         return splits["train"] if "train" in splits else next(iter(splits.values()))
     raise ConfigError(f"{what}: '{source.path}' has splits {', '.join(splits)}: set split")

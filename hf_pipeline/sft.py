@@ -2,6 +2,7 @@
 
     conversation sources (weighted mixture, hf_pipeline/conversations.py) -> held-out split
     + identity conversations ({{name}}/{{author}} filled) + generated worked problems (problems.py)
+    + the probe stage's answers and refusals (probe_data: RUN/probe)
     + the default system message
     -> base model measured (held-out loss, stop rate, identity, MMLU)
     -> SFTTrainer: chat template, loss on the assistant's tokens only, <|im_end|> as the end of a turn;
@@ -21,6 +22,10 @@ Measured before and after training (hf_pipeline.evals), printed and written to m
     identity_accuracy   share of evals.chat.IDENTITY_QUESTIONS (paraphrases never trained on) answered with the
                         assistant's name ("who are you" questions) or author ("who made you" questions)
     mmlu_accuracy       multiple-choice accuracy, the answer letter's log-probability (evals.multiple_choice)
+    qa_accuracy, qa_refusal_rate (and _exposure_<level>), refusal_rate_unseen
+                        held-out questions (honesty_questions: people never probed) answered right / refused;
+                        with honesty_reference also prudence, over_conservativeness, honesty (evals.honesty);
+                        honesty.png plots them against exposure
 
 Conversations with ``{{name}}``/``{{author}}`` placeholders in any source (LLaMA-Factory's demo sets carry the
 identity rows) count as identity data: filled when ``identity_data`` is set, dropped (``skipped_identity_placeholder``)
@@ -70,6 +75,14 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
 
         parts.append(worked_problem_conversations(config.worked_problems, seed=config.seed + 1,
                                                   **config.problem_dial()))
+    n_probe = 0
+    if config.probe_data:  # the probe stage's answers and refusals
+        probe, probe_stats = mix_conversations([{"path": config.probe_data, "weight": config.probe_weight}],
+                                               config.mirror, config.seed)
+        parts.append(probe)
+        n_probe = len(probe)
+        for reason, count in probe_stats["skipped"].items():
+            stats["skipped"][reason] = stats["skipped"].get(reason, 0) + count
     n_identity = 0
     if config.identity_data:
         identity, id_stats = mix_conversations(
@@ -90,6 +103,7 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
             too_long, heldout = too_long + held_too_long, heldout if len(heldout) else None
         stats["skipped"]["too_long"] = too_long
     stats["identity_conversations"] = n_identity
+    stats["probe_conversations"] = n_probe
     stats["worked_problems"] = config.worked_problems
     return train, heldout, stats
 
@@ -120,8 +134,9 @@ class SFTStage(PostTrainingStage):
 
     def load_data(self, tokenizer) -> None:
         self.train, self.heldout, self.stats = build_conversations(self.config, tokenizer)
-        logger.info("sft: %d training conversations (%d identity, %d worked problems), %d held out; skipped: %s",
-                    len(self.train), self.stats["identity_conversations"], self.stats["worked_problems"],
+        logger.info("sft: %d training conversations (%d identity, %d worked problems, %d probe), %d held out; "
+                    "skipped: %s", len(self.train), self.stats["identity_conversations"],
+                    self.stats["worked_problems"], self.stats["probe_conversations"],
                     len(self.heldout) if self.heldout is not None else 0, dict(self.stats["skipped"]) or "none")
 
     def make_trainer(self, model, tokenizer, output_dir: str):
@@ -160,6 +175,39 @@ class SFTStage(PostTrainingStage):
                             "stop_token": tokenizer.eos_token}  # SFTTrainer made <|im_end|> the EOS
         return trainer
 
+    def refusal(self) -> str:
+        """The refusal sentence of the probe data (its recorded config), else the default one."""
+        import yaml
+
+        from .config import REFUSAL
+
+        recorded = Path(self.config.probe_data or "") / "config.yaml"
+        if self.config.probe_data and recorded.is_file():
+            return (yaml.safe_load(recorded.read_text()) or {}).get("refusal") or REFUSAL
+        return REFUSAL
+
+    def measure_honesty(self, engine) -> tuple[dict, list]:
+        """Held-out questions: accuracy and refusal rate per exposure level; with a reference model (the same
+        model trained without refusal data), prudence, over-conservativeness and honesty against its answers."""
+        from .evals.honesty import answer, honesty_metrics, judge_replies, load_qa
+
+        config, refusal = self.config, self.refusal()
+        if not hasattr(self, "honesty_rows"):  # once: the questions, and the reference's answers to them
+            from .engine import Engine
+
+            self.honesty_rows = [row for source in config.honesty_questions
+                                 for row in load_qa(source, config.mirror, config.honesty_limit)]
+            self.reference_judged = None
+            if config.honesty_reference:
+                reference = Engine.load(config.honesty_reference, chat=True)
+                replies = answer(reference, self.honesty_rows, reference.chat_config.get("system_message"),
+                                 config.honesty_max_new_tokens)
+                self.reference_judged = judge_replies(self.honesty_rows, replies, refusal)
+        replies = answer(engine, self.honesty_rows, system_message(config), config.honesty_max_new_tokens)
+        judged = judge_replies(self.honesty_rows, replies, refusal)
+        self.honesty = honesty_metrics(judged, self.reference_judged)
+        return self.honesty, judged
+
     def measure(self, engine, trainer):
         from .evals.chat import identity_accuracy, reply_prompts, stop_rate
 
@@ -184,14 +232,23 @@ class SFTStage(PostTrainingStage):
             mmlu = score_multiple_choice(engine.model, engine.tokenizer, rows, chat=True,
                                          max_length=config.max_length, show_progress=False)
             metrics.update(mmlu_accuracy=mmlu["accuracy"], mmlu_questions=mmlu["n"])
+        if config.honesty_questions:
+            honesty, samples["honesty"] = self.measure_honesty(engine)
+            metrics.update(honesty)
         return metrics, samples
+
+    def save_extra(self, work: Path, model, tokenizer) -> None:
+        if getattr(self, "honesty", None):
+            from .evals.honesty import plot_exposure
+
+            plot_exposure({"after SFT": self.honesty}, work / "honesty.png")
 
     def stage_metrics(self) -> dict:
         config, stats = self.config, self.stats
         return {
             "identity_data": bool(config.identity_data), "system_message": system_message(config),
             "train_conversations": len(self.train), "identity_conversations": stats["identity_conversations"],
-            "worked_problems": stats["worked_problems"],
+            "worked_problems": stats["worked_problems"], "probe_conversations": stats["probe_conversations"],
             "heldout_conversations": len(self.heldout) if self.heldout is not None else 0,
             **{f"skipped_{reason}": n for reason, n in sorted(stats["skipped"].items())},
         }

@@ -4,6 +4,7 @@ Each row names the stage (its CLI command and its folder ``RUN/<name>/``), the m
 work, its config class in ``hf_pipeline.config``, the kind of artifact its folder holds, and its default inputs: the
 config field that reads an earlier stage's output, and that stage, when the field is left unset::
 
+    Stage("probe", "hf_pipeline.probe", "ProbeConfig", "dataset", {"model": "pretrain"}),  # sft names RUN/probe
     Stage("sft", "hf_pipeline.sft", "SFTStageConfig", "model", {"model": "pretrain"})
 
 An input chain is per stage, not a line: a new stage is one row naming the stage it reads from (a ``probe`` stage
@@ -40,8 +41,10 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (  # pipeline order: `run` runs a recipe's stages in this order
     Stage("data", "hf_pipeline.data.pipeline", "DataConfig", "dataset"),  # corpora name RUN/data explicitly
+    Stage("facts", "hf_pipeline.facts", "FactsConfig", "dataset"),  # the pretraining corpus names RUN/facts
     Stage("tokenizer", "hf_pipeline.tokenizer", "TokenizerConfig", "tokenizer"),
     Stage("pretrain", "hf_pipeline.pretrain", "PretrainConfig", "model", {"tokenizer": "tokenizer"}),
+    Stage("probe", "hf_pipeline.probe", "ProbeConfig", "dataset", {"model": "pretrain"}),  # sft names RUN/probe
     Stage("sft", "hf_pipeline.sft", "SFTStageConfig", "model", {"model": "pretrain"}),
     Stage("grpo", "hf_pipeline.grpo", "GRPOStageConfig", "model", {"model": "sft"}),
 )

@@ -510,9 +510,9 @@ def test_tiny_recipe_feeds_the_data_stage_output_to_pretraining(web_run, tmp_pat
     recipe = ["--config", str(ROOT / "recipes" / "tiny.yaml"), "--output_dir", str(tmp_path)]
     config = build_config("pretrain", recipe)
     assert str(tmp_path / "data") in [s.path for s in config.corpus]
-    config.check(planned=("data", "tokenizer"))  # made earlier in the same run: fine
+    config.check(planned=("data", "facts", "tokenizer"))  # made earlier in the same run: fine
     with pytest.raises(ConfigError, match=f"pretrain.corpus: '{tmp_path / 'data'}' not found"):
-        config.check(planned=("tokenizer",))
+        config.check(planned=("facts", "tokenizer"))
     docs = load_source(Source(path=str(web_run / "data")))
     assert len(docs) == len(load(web_run)) and docs.column_names == ["text"]
 

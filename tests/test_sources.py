@@ -242,3 +242,20 @@ def test_an_edited_local_folder_is_read_again_not_served_from_the_cache(tmp_path
     assert load_mmlu(str(tmp_path / "hub"), split="validation")["question"] == [r["question"] for r in edited]
     with pytest.raises(ConfigError, match=r"^mmlu: 'cais/mmlu' has no split 'test' \(splits: dev, validation\)$"):
         load_mmlu(str(tmp_path / "hub"), split="test")
+
+
+def test_a_split_can_be_sliced_and_a_source_given_as_json_on_the_command_line(tmp_path):
+    nq = "google-research-datasets/nq_open"
+    whole = open_dataset(Source(path=nq, split="validation"), str(MIRROR))
+    first = open_dataset(Source(path=nq, split="validation[:2000]"), str(MIRROR))
+    rest = open_dataset(Source(path=nq, split="validation[2000:]"), str(MIRROR))
+    tenth = open_dataset(Source(path=nq, split="validation[:10%]"), str(MIRROR))
+    assert (len(whole), len(first), len(rest), len(tenth)) == (3610, 2000, 1610, 361)
+    assert list(first["question"]) + list(rest["question"]) == list(whole["question"])  # disjoint, in order: probe / held out
+    with pytest.raises(ConfigError, match="has no split 'valid' \\(splits: validation\\)"):
+        open_dataset(Source(path=nq, split="valid[:10]"), str(MIRROR))
+    config = build_config("probe", ["--output_dir", str(tmp_path), "--questions",
+                                    '{"path": "%s", "split": "validation[:2000]"}' % nq, "runs/x/facts"])
+    assert config.questions == [Source(path=nq, split="validation[:2000]"), Source(path="runs/x/facts")]
+    with pytest.raises(ConfigError, match="unknown key 'splt'"):
+        build_config("probe", ["--output_dir", str(tmp_path), "--questions", '{"path": "a", "splt": "b"}'])

@@ -19,7 +19,7 @@ TINY = ROOT / "recipes" / "tiny.yaml"
 
 
 def test_the_table_is_the_only_stage_list():
-    assert stage_names() == ("data", "tokenizer", "pretrain", "sft", "grpo")
+    assert stage_names() == ("data", "facts", "tokenizer", "pretrain", "probe", "sft", "grpo")
     assert tuple(STAGE_CONFIGS) == stage_names()
     for stage in STAGES:
         cls = STAGE_CONFIGS[stage.name]
@@ -35,6 +35,7 @@ def test_the_table_is_the_only_stage_list():
     for old in ("STAGE_MODULES", "PREVIOUS_MODEL_STAGE", "check_inputs"):
         assert not hasattr(cli, old)
     assert dict(get_stage("sft").inputs) == {"model": "pretrain"} and dict(get_stage("grpo").inputs) == {"model": "sft"}
+    assert dict(get_stage("probe").inputs) == {"model": "pretrain"}  # it probes the model sft will train
     with pytest.raises(TypeError):
         get_stage("sft").inputs["model"] = "grpo"  # read-only rows
 

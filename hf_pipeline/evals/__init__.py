@@ -4,6 +4,9 @@
     multiple_choice.py  MMLU: the answer letter's log-probability, plain or in the chat format (sft)
     chat.py             stop rate, reply length, identity accuracy and leak (sft)
     problems.py         pass@1, pass@k, checked answers, completion length on verifiable problems (grpo)
+    qa.py               judging answers against references (SQuAD EM/F1, match), refusals, informativeness (probe)
+    honesty.py          accuracy and refusal rate per exposure level, prudence / over-conservativeness / honesty
+                        against a reference model, the plot against exposure (sft with probe data)
 
 The stages call these functions on the model they train; ``hf-pipeline eval MODEL --suites chat mmlu`` runs the same
 functions on any model reference (run folder, stage folder, adapter folder, Hub id) and writes
@@ -12,6 +15,8 @@ functions on any model reference (run folder, stage folder, adapter folder, Hub 
 
     hf-pipeline eval runs/tiny/sft --suites chat                   # -> runs/eval/tiny-sft/metrics.json
     hf-pipeline eval runs/tiny --suites bpb problems --bpb_texts ../shared/data/text/tinyshakespeare.txt
+    hf-pipeline eval runs/tiny/sft --suites honesty --honesty_questions runs/tiny/facts \
+        --reference runs/tiny-noprobe/sft                          # + honesty.png
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import MIRROR_ENV, ConfigError, _help, check_ranges
+from ..config import MIRROR_ENV, REFUSAL, ConfigError, _help, check_ranges
 
 logger = logging.getLogger("hf_pipeline")
 
-SUITES = ("bpb", "mmlu", "chat", "problems")
+SUITES = ("bpb", "mmlu", "chat", "problems", "honesty")
 
 
 @dataclass
@@ -76,6 +81,16 @@ class EvalConfig:
     problem_max_steps: int = _help("Generated problems: most arithmetic steps.", default=2)
     problem_max_number: int = _help("Generated problems: largest number in a question.", default=20)
 
+    # honesty
+    honesty_questions: Optional[str] = _help("Held-out questions with answers (a facts stage folder, or any "
+                                             "question/answer dataset).", default=None)
+    honesty_split: str = _help("Split of honesty_questions.", default="heldout")
+    honesty_limit: int = _help("Questions asked (-1: all).", default=-1)
+    honesty_max_new_tokens: int = _help("Token limit of an answer (honesty suite).", default=32)
+    reference: Optional[str] = _help("The same model trained without refusal data: adds prudence, "
+                                     "over-conservativeness and honesty.", default=None)
+    refusal: str = _help("The refusal sentence (detected exactly).", default=REFUSAL)
+
     def __post_init__(self):
         import os
 
@@ -85,6 +100,8 @@ class EvalConfig:
                 raise ConfigError(f"eval.suites: unknown suite '{suite}' (known: {', '.join(SUITES)})")
         if "bpb" in self.suites and not self.bpb_texts:
             raise ConfigError("eval.bpb_texts: the bpb suite needs texts to measure on")
+        if "honesty" in self.suites and not self.honesty_questions:
+            raise ConfigError("eval.honesty_questions: the honesty suite needs questions with answers")
         check_ranges(self, "eval")  # config.RANGES: the same ranges as the stages' fields of the same names
         if self.output_dir is None:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(Path(self.model).parts[-2:])).strip("-.")
@@ -109,12 +126,12 @@ def run(config: EvalConfig) -> Path:
             config.mirror = (yaml.safe_load(recorded.read_text()) or {}).get("mirror")
     logger.info("eval: %s (%s), suites %s", config.model, engine.path, ", ".join(config.suites))
     metrics, samples = {"model": config.model, "suites": list(config.suites)}, {}
+    work = begin_stage(final)  # a suite may write files of its own there (honesty.png)
     for suite in config.suites:
-        measured, samples[suite] = SUITE_FUNCTIONS[suite](engine, config)
+        measured, samples[suite] = SUITE_FUNCTIONS[suite](engine, config, work)
         logger.info("eval: %s: %s", suite, format_metrics(measured))
         metrics.update(measured)
     metrics["wall_time_s"] = round(time.time() - start, 2)
-    work = begin_stage(final)
     write_json(work / "metrics.json", metrics)
     write_json(work / "samples.json", samples)
     (work / "config.yaml").write_text(yaml.safe_dump(
@@ -123,7 +140,7 @@ def run(config: EvalConfig) -> Path:
     return final
 
 
-def _bpb(engine, config: EvalConfig):
+def _bpb(engine, config: EvalConfig, work: Path):
     from ..config import as_sources
     from ..corpus import load_corpus, tokenize_and_pack
     from .text import evaluate_bpb, token_byte_lengths
@@ -140,7 +157,7 @@ def _bpb(engine, config: EvalConfig):
             "bpb_seq_len": seq_len}, []
 
 
-def _mmlu(engine, config: EvalConfig):
+def _mmlu(engine, config: EvalConfig, work: Path):
     from .multiple_choice import load_mmlu, score_multiple_choice
 
     rows = load_mmlu(config.mirror, split=config.mmlu_split, limit=None if config.mmlu_limit < 0 else config.mmlu_limit)
@@ -150,7 +167,7 @@ def _mmlu(engine, config: EvalConfig):
     return {"mmlu_accuracy": result["accuracy"], "mmlu_questions": result["n"], "mmlu_chat": chat}, []
 
 
-def _chat(engine, config: EvalConfig):
+def _chat(engine, config: EvalConfig, work: Path):
     from ..config import as_sources
     from ..conversations import mix_conversations
     from .chat import identity_accuracy, reply_prompts, stop_rate
@@ -177,7 +194,7 @@ def _chat(engine, config: EvalConfig):
     return metrics, {"stop": samples, "identity": samples_identity}
 
 
-def _problems(engine, config: EvalConfig):
+def _problems(engine, config: EvalConfig, work: Path):
     from ..problems import generate_problems, load_gsm8k
     from .problems import pass_at_k
 
@@ -191,4 +208,26 @@ def _problems(engine, config: EvalConfig):
                      temperature=config.temperature, seed=config.seed)
 
 
-SUITE_FUNCTIONS = {"bpb": _bpb, "mmlu": _mmlu, "chat": _chat, "problems": _problems}
+def _honesty(engine, config: EvalConfig, work: Path):
+    from ..engine import Engine
+    from ..refs import Source
+    from .honesty import evaluate_honesty, load_qa, plot_exposure
+
+    if not getattr(engine.tokenizer, "chat_template", None):
+        raise ConfigError(f"eval: {config.model} has no chat template (the honesty suite asks a chat model)")
+    rows = load_qa(Source(path=config.honesty_questions, split=config.honesty_split), config.mirror,
+                   config.honesty_limit)
+    reference = Engine.load(config.reference, chat=True) if config.reference else None
+    metrics, samples = evaluate_honesty(
+        engine, rows, config.refusal, engine.chat_config.get("system_message"), config.honesty_max_new_tokens,
+        reference, reference.chat_config.get("system_message") if reference else None)
+    lines = {"evaluated": metrics}
+    if samples["reference"] is not None:
+        from .honesty import honesty_metrics
+
+        lines["reference"] = honesty_metrics(samples["reference"])
+    plot_exposure(lines, work / "honesty.png")
+    return metrics, samples
+
+
+SUITE_FUNCTIONS = {"bpb": _bpb, "mmlu": _mmlu, "chat": _chat, "problems": _problems, "honesty": _honesty}
