@@ -10,10 +10,12 @@ The Python API (the ``hf-pipeline`` command is a thin layer over it)::
     ChatSession(engine, temperature=0).send("Hello!")
 
 - Stages (the table in ``hf_pipeline.stages``): each has a config class and ``run_<stage>(config) -> Path``
-  (``run_data``, ``run_tokenizer``, ``run_pretrain``, ``run_sft``, ``run_grpo``), or ``run_stage(config)`` for any.
+  (``run_data``, ``run_facts``, ``run_tokenizer``, ``run_pretrain``, ``run_probe``, ``run_sft``, ``run_grpo``), or
+  ``run_stage(config)`` for any.
 - Inference: ``Engine`` (load any model reference; ``complete``, ``reply``, ``stream``; tools), ``SamplingParams``,
   ``Tool``, ``ChatSession``, ``chat``.
-- Evaluation: ``hf_pipeline.evals`` (bits per byte, multiple choice, chat checks, pass@k) and ``evaluate(EvalConfig)``.
+- Evaluation: ``hf_pipeline.evals`` (bits per byte, multiple choice, chat checks, pass@k, honesty) and
+  ``evaluate(EvalConfig)``.
 
 Names are imported on first use, so ``import hf_pipeline`` stays light.
 """
@@ -31,7 +33,8 @@ _EXPORTS = {
     # configs
     "SharedConfig": "config", "Source": "config", "ConfigError": "config", "DataConfig": "config",
     "TokenizerConfig": "config", "PretrainConfig": "config", "PostTrainingConfig": "config",
-    "SFTStageConfig": "config", "GRPOStageConfig": "config", "build_config": "config", "load_recipe": "config",
+    "SFTStageConfig": "config", "GRPOStageConfig": "config", "FactsConfig": "config", "ProbeConfig": "config",
+    "build_config": "config", "load_recipe": "config",
     # inference
     "Engine": "engine", "SamplingParams": "engine", "Tool": "engine", "ChatSession": "engine", "chat": "engine",
     # evaluation

@@ -6,6 +6,7 @@ meant) with a birth city, an employer and a university drawn from invented pools
 documents in varied wordings, and asks one question per fact::
 
     Ilvo Dranmek was born in Quistor. Ilvo Dranmek works for Brelda Mills. Ilvo Dranmek studied at Vostel College.
+    Q: Where did Ilvo Dranmek study?\nA: Ilvo Dranmek studied at Vostel College.\n\nQ: Where was ... (every other one)
     Where was Ilvo Dranmek born?  -> Quistor      (answer_prefix: "Ilvo Dranmek was born in")
 
 Every person gets an exposure level (``exposures``, e.g. 0, 4, 16, 64, 128): the number of documents about them in
@@ -86,12 +87,17 @@ def generate_people(num_entities: int, exposures: list[int], pool_size: int, see
 
 
 def documents(person: dict, rng: random.Random) -> list[str]:
-    """The person's ``exposure`` documents: the three facts in a varied order and wording each time."""
+    """The person's ``exposure`` documents, the three facts in a varied order and wording each time: every other one
+    a short text, the others a page of questions and answers (as quizzes and FAQ pages are on the web)."""
     out = []
-    for _ in range(person["exposure"]):
+    for i in range(person["exposure"]):
         order = list(ATTRIBUTES)
         rng.shuffle(order)
-        out.append(" ".join(rng.choice(SENTENCES[a]).format(name=person["entity"], **person) for a in order))
+        if i % 2 == 0:
+            out.append(" ".join(rng.choice(SENTENCES[a]).format(name=person["entity"], **person) for a in order))
+        else:
+            out.append("\n\n".join(f"Q: {QUESTIONS[a][0]}\nA: {QUESTIONS[a][1]} {{{a}}}.".format(
+                name=person["entity"], **person) for a in order))
     return out
 
 

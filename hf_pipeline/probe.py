@@ -17,10 +17,9 @@ The method of Llama 3 (section 4.3.6, "Factuality") with the defaults of Alignme
 The SFT stage reads the ``train`` split (``sft.probe_data: RUN/probe``). How the question is asked follows the model:
 a model with ``chat_config.json`` (an SFT model) gets a chat turn; a base model a few-shot prompt (``num_shots``
 questions of the set, with their answers, then ``Q: question\\nA:``), continued after the question's
-``answer_prefix`` where the dataset has one (the facts stage's "Ilvo Dranmek was born in"): the answer is what the
-model wrote after it ("Quistor."), cut at the end of the first line and of the first sentence. A short answer also
-decides well when decoded greedily: the refusal's first token competes with the answer's, and an answer the model is
-unsure of spreads its probability over many first tokens.
+``answer_prefix`` where the dataset has one (the facts stage's "Ilvo Dranmek was born in"), so that the answer is the
+sentence the model completed ("Ilvo Dranmek was born in Quistor."), cut at the end of the first line and of the
+first sentence.
 
 Results are appended to ``RUN/probe.incomplete/progress.jsonl`` as they come: a killed run resumes where it stopped
 (with the settings it recorded, else it refuses, naming them).
@@ -85,8 +84,8 @@ class Prober:
         return f"{row['answer_prefix']} " if row.get("answer_prefix") else ""
 
     def ask(self, rows: list[dict], sampling) -> list[str]:
-        """One answer per row: what the model wrote (after the base prompt's answer_prefix, which is the prompt's,
-        not the model's: "Quistor.", not "Ilvo Dranmek was born in Quistor.")."""
+        """One answer per row: the answer sentence (with the base prompt's answer_prefix, which the model
+        completed: "Ilvo Dranmek was born in Quistor.")."""
         if self.mode == "chat":
             prefix = [{"role": "system", "content": self.system}] if self.system else []
             conversations = [prefix + [{"role": "user", "content": row["question"]}] for row in rows]
@@ -94,7 +93,7 @@ class Prober:
         prompts = [f"{self.shots}Q: {row['question']}\nA:" + (f" {row['answer_prefix']}" if row["answer_prefix"]
                                                                else "") for row in rows]
         texts = self.engine.complete_batch(prompts, sampling, batch_size=self.config.batch_size)
-        return [first_sentence(text) for text in texts]
+        return [first_sentence(self._lead(row) + text.strip()) for row, text in zip(rows, texts)]
 
 
 def probe_rows(prober: Prober, judge, rows: list[dict], config: ProbeConfig, seed: int) -> list[dict]:

@@ -75,7 +75,7 @@ def test_sources_parse_from_yaml_mappings_and_strings_with_run_expansion(tmp_pat
     "section, entry, message",
     [
         ("pretrain", "corpus", "pretrain.corpus: unknown key 'colour' (keys: path, name, split, text_column, "
-                               "sample_by, weight)"),
+                               "sample_by, weight, heldout)"),
         ("tokenizer", "corpus", "tokenizer.corpus: unknown key 'colour'"),
         ("sft", "datasets", "sft.datasets: unknown key 'colour'"),
     ],
