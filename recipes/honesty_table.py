@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("with_probe", help="SFT with the probe data")
     parser.add_argument("without_refusals", help="SFT with the probe's answers only (the reference M_t)")
-    parser.add_argument("without_probe", help="SFT without probe data")
+    parser.add_argument("without_probe", nargs="?", help="SFT without probe data (optional)")
     parser.add_argument("--questions", required=True, help="The facts stage folder (its heldout split is asked)")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--plot", default=None, help="PNG of accuracy and refusal rate against exposure")
@@ -40,6 +40,8 @@ def main() -> None:
     judged = {}
     for name, ref in (("with probe data", args.with_probe), ("without refusals", args.without_refusals),
                       ("without probe data", args.without_probe)):
+        if ref is None:
+            continue
         engine = Engine.load(ref, chat=True)
         replies = answer(engine, rows, engine.chat_config.get("system_message"), args.max_new_tokens)
         judged[name] = judge_replies(rows, replies, REFUSAL)
