@@ -86,10 +86,10 @@ class Prober:
     def ask(self, rows: list[dict], sampling) -> list[str]:
         """One answer per row: the answer sentence (with the base prompt's answer_prefix, which the model
         completed: "Ilvo Dranmek was born in Quistor.")."""
-        if self.mode == "chat":
-            prefix = [{"role": "system", "content": self.system}] if self.system else []
-            conversations = [prefix + [{"role": "user", "content": row["question"]}] for row in rows]
-            return [r["reply"] for r in self.engine.reply(conversations, sampling, batch_size=self.config.batch_size)]
+        if self.mode == "chat":  # as the honesty evaluation asks, with this probe's sampling
+            from .evals.honesty import answer
+
+            return answer(self.engine, rows, self.system, sampling.max_new_tokens, self.config.batch_size, sampling)
         prompts = [f"{self.shots}Q: {row['question']}\nA:" + (f" {row['answer_prefix']}" if row["answer_prefix"]
                                                                else "") for row in rows]
         texts = self.engine.complete_batch(prompts, sampling, batch_size=self.config.batch_size)

@@ -34,14 +34,15 @@ def load_qa(source, mirror: str | None, limit: int = -1) -> list[dict]:
     return rows if limit < 0 else rows[:limit]
 
 
-def answer(engine, rows: list[dict], system: str | None, max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """The greedy chat reply to each question."""
+def answer(engine, rows: list[dict], system: str | None, max_new_tokens: int, batch_size: int = 64,
+           sampling=None) -> list[str]:
+    """The chat reply to each question: greedy unless ``sampling`` (``engine.SamplingParams``) says otherwise."""
     from ..engine import SamplingParams
 
     prefix = [{"role": "system", "content": system}] if system else []
     conversations = [prefix + [{"role": "user", "content": row["question"]}] for row in rows]
-    return [r["reply"] for r in engine.reply(conversations, SamplingParams(max_new_tokens=max_new_tokens),
-                                             batch_size=batch_size)]
+    sampling = sampling or SamplingParams(max_new_tokens=max_new_tokens)
+    return [r["reply"] for r in engine.reply(conversations, sampling, batch_size=batch_size)]
 
 
 def judge_replies(rows: list[dict], replies: list[str], refusal: str) -> list[dict]:
