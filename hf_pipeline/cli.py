@@ -6,7 +6,7 @@
     hf-pipeline run       --config recipes/tiny.yaml [--output_dir DIR] [--stages ...] [--pretrain.max_steps 50 ...]
     hf-pipeline sft       --config recipes/tiny.yaml [--use_lora true ...]
     hf-pipeline grpo      --config recipes/tiny.yaml [--num_generations 8 ...]
-    hf-pipeline chat      MODEL [--system TEXT] [--temperature 0.7 ...]
+    hf-pipeline chat      MODEL [--system TEXT] [--temperature 0.7 ...] [--tools python search --index RUN/index]
     hf-pipeline generate  MODEL --prompt TEXT [--temperature 0.8 --top_k 50 --top_p 0.95 --max_new_tokens 64 --seed 0]
     hf-pipeline push      RUN_DIR/STAGE --repo-id ORG/NAME [--private]
     hf-pipeline pull      ORG/NAME --to DIR
@@ -108,6 +108,9 @@ def cmd_generate(argv: list[str]) -> int:
     parser.add_argument("--top_p", "--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no_stream", "--no-stream", action="store_true", help="Print the text at the end only.")
+    from .chat import add_tool_args, register_tools
+
+    add_tool_args(parser)
     args = parser.parse_args(argv)
     from .engine import Engine, SamplingParams
 
@@ -116,6 +119,7 @@ def cmd_generate(argv: list[str]) -> int:
     if not args.prompt:
         raise ConfigError("generate: --prompt must not be empty")
     engine = Engine.load(args.model)
+    register_tools(engine, args)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     text = engine.complete(args.prompt, sampling, stream=not args.no_stream)
@@ -196,7 +200,7 @@ def usage() -> str:
         "  run        Run the stages of a recipe in order.\n"
         "  generate   Sample from a model folder, run folder or Hub id.\n"
         "  chat       Talk to a chat model (run folder, model or adapter folder, Hub id) in the terminal.\n"
-        "  eval       Measure any model (bpb, mmlu, chat, problems) and write metrics.json.\n"
+        "  eval       Measure any model (bpb, mmlu, chat, problems, honesty, tools) and write metrics.json.\n"
         "  push       Upload a stage folder to the Hub with a model card.\n"
         "  pull       Download a repo from the Hub.\n\n"
         "`hf-pipeline COMMAND --help` lists a command's options."

@@ -37,6 +37,12 @@ from .stages import STAGES, get_stage
 
 MIRROR_ENV = "HF_PIPELINE_MIRROR"
 
+# The tool switch: a line at the end of the system message says whether tools are on (hf_pipeline/tools/).
+TOOLS_ON = "Tools: python, search."
+TOOLS_OFF = "Tools: none."
+TOOL_FAMILIES = ("multiply", "add", "count_letter", "compare", "search", "gsm8k", "trivial")
+
+
 
 def _help(text: str, **kwargs) -> Any:
     return field(metadata={"help": text}, **kwargs)
@@ -72,6 +78,9 @@ RANGES: dict[str, str] = {
     "num_generations": ">= 2 (a group needs a spread)",
     "temperature": "> 0", "max_completion_length": ">= 1", "num_iterations": ">= 1", "pass_k": ">= 1",
     "eval_temperature": "> 0", "eval_batch_size": ">= 1",
+    # tools and the search index
+    "passage_words": ">= 1", "tools_off_share": "[0, 1]", "tool_eval_tasks": ">= 0", "max_tool_calls": ">= 0",
+    "search_k": ">= 1", "search_max_chars": ">= 1", "tool_tasks": ">= 1", "tool_max_new_tokens": ">= 1",
     # hf-pipeline eval (evals.EvalConfig)
     "num_prompts": ">= 1", "num_problems": ">= 1", "k": ">= 1", "bpb_max_windows": ">= -1",
 }
@@ -213,6 +222,26 @@ class FactsConfig(SharedConfig):
 
 
 @dataclass
+class IndexConfig(SharedConfig):
+    """The search tool's full-text index (SQLite FTS5) of text sources: RUN/index/index.sqlite."""
+
+    stage: ClassVar[str] = "index"
+
+    sources: list[Source] = _help("Text sources to index: paths, globs, Hub ids, RUN/data, {path: RUN/facts, split: "
+                                  "passages}, {path: rajpurkar/squad, text_column: context}.", default_factory=list)
+    passage_words: int = _help("Longest passage, in words (documents are cut at paragraphs first).", default=120)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.sources = as_sources(self.sources, self.output_dir)
+
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        if not self.sources:
+            raise ConfigError("index.sources: name at least one text source")
+        self._check_sources("sources", planned)
+
+
+@dataclass
 class TokenizerConfig(SharedConfig):
     """Byte-level BPE trained from scratch, saved as a PreTrainedTokenizerFast with the chat template."""
 
@@ -223,6 +252,8 @@ class TokenizerConfig(SharedConfig):
     )
     vocab_size: int = _help("Vocabulary size, special tokens included.", default=8192)
     min_frequency: int = _help("Minimum pair count for a merge.", default=2)
+    individual_digits: bool = _help("Split numbers into single digits (Llama 2, PaLM, DeepSeek do): '415' is 4, 1, 5, "
+                                    "never 4 + 15 next to 41 + 5 elsewhere.", default=False)
     max_train_chars: Optional[int] = _help("Stop feeding the trainer after this many characters.", default=None)
     heldout_fraction: float = _help("Share of documents held out to measure compression.", default=0.01)
     compare_with: Optional[str] = _help(
@@ -512,6 +543,22 @@ class SFTStageConfig(PostTrainingConfig):
                                              default=None)
     honesty_limit: int = _help("Held-out questions asked (-1: all).", default=-1)
     honesty_max_new_tokens: int = _help("Token limit of an answer to a held-out question.", default=32)
+    # Tools (hf_pipeline/tools/): traces that call python and search mid-reply
+    tool_traces: dict = _help("Tool-use conversations per task family, e.g. {multiply: 2000, search: 1500} "
+                              f"(families: {', '.join(TOOL_FAMILIES)}; empty: no tool training).",
+                              default_factory=dict)
+    tool_facts: Optional[str] = _help("The facts stage's dataset (RUN/facts): its probe people become search "
+                                      "traces, its held-out people the search evaluation.", default=None)
+    tool_index: Optional[str] = _help("The search index (RUN/index) whose results the search traces show.",
+                                      default=None)
+    gsm8k: str = _help("GSM8K (its <<a*b=c>> calculator notes become python calls).", default="openai/gsm8k")
+    tools_off_share: float = _help(f"Share of the python traces asked with '{TOOLS_OFF}' and answered directly; "
+                                   f"other conversations get '{TOOLS_ON}' or '{TOOLS_OFF}' at random.",
+                                   default=0.2)
+    tool_eval_tasks: int = _help("Held-out tasks per family for the tool measures after training (0: none).",
+                                 default=100)
+    search_k: int = _help("Passages a search returns (traces and chat alike).", default=1)
+    search_max_chars: int = _help("Characters kept of each passage a search returns.", default=300)
     # Evaluation
     eval_generations: int = _help("Held-out prompts sampled to measure the stop rate.", default=40)
     max_new_tokens: int = _help("Token limit of evaluation generations.", default=128)
@@ -523,11 +570,19 @@ class SFTStageConfig(PostTrainingConfig):
         super().__post_init__()
         self.datasets = as_sources(self.datasets, self.output_dir)
         self.honesty_questions = as_sources(self.honesty_questions, self.output_dir)
-        for name in ("model", "identity_data", "system_message", "mmlu", "probe_data", "honesty_reference"):
+        for family, count in self.tool_traces.items():
+            if family not in TOOL_FAMILIES:
+                raise ConfigError(f"sft.tool_traces: {unknown('family', family, TOOL_FAMILIES)}")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ConfigError(f"sft.tool_traces.{family}: must be an integer >= 0, not {count!r}")
+        if self.tool_traces.get("search") and not (self.tool_facts and self.tool_index):
+            raise ConfigError("sft.tool_traces.search: needs tool_facts (RUN/facts) and tool_index (RUN/index)")
+        for name in ("model", "identity_data", "system_message", "mmlu", "probe_data", "honesty_reference",
+                     "tool_facts", "tool_index"):
             value = getattr(self, name)  # `--identity_data null` switches it off
             if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
                 setattr(self, name, None)
-        for name in ("identity_data", "probe_data", "honesty_reference"):
+        for name in ("identity_data", "probe_data", "honesty_reference", "tool_facts", "tool_index"):
             if getattr(self, name):
                 setattr(self, name, run_path(getattr(self, name), self.output_dir))
 
@@ -536,7 +591,11 @@ class SFTStageConfig(PostTrainingConfig):
 
         self._check_sources("datasets", planned)
         self._check_sources("honesty_questions", planned)
-        if not (self.datasets or self.identity_data or self.worked_problems or self.probe_data):
+        for name, stage in (("tool_facts", "facts"), ("tool_index", "index")):
+            value = getattr(self, name)
+            if value and not (Path(value) == self.stage_dir(stage) and stage in planned) and not Path(value).exists():
+                raise ConfigError(f"sft.{name}: {value} does not exist (run the {stage} stage first)")
+        if not (self.datasets or self.identity_data or self.worked_problems or self.probe_data or self.tool_traces):
             raise ConfigError("sft.datasets: no conversation sources given")
         if self.probe_data and not (Path(self.probe_data) == self.stage_dir("probe") and "probe" in planned):
             check_dataset_ref(self.probe_data, self.mirror, what="sft.probe_data")

@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
-from .tokenizer import IM_END, OUTPUT_END, OUTPUT_START
+from .config import TOOLS_OFF, TOOLS_ON, ConfigError
+from .tokenizer import IM_END, OUTPUT_END, OUTPUT_START, TOOL_TOKENS
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -88,7 +88,8 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Tool:
     """A tool the model calls mid-generation: ``start`` and ``end`` are special tokens around the call's text,
-    ``run`` turns that text into the output the model reads next."""
+    ``run`` turns that text into the output the model reads next: a string, or an object with ``output`` and ``ok``
+    (``tools.python.SandboxResult``). A string output is ``ok`` unless it starts with ``error:``."""
 
     name: str
     start: str
@@ -121,22 +122,27 @@ def load_model(ref: str, dtype: str = "auto"):
 class Engine:
     """A loaded model and tokenizer, and every way the pipeline generates with them."""
 
-    def __init__(self, model, tokenizer, chat_config: dict | None = None, tools: Sequence[Tool] = ()):
+    def __init__(self, model, tokenizer, chat_config: dict | None = None, tools: Sequence[Tool] = (),
+                 max_tool_calls: int = 4):
         self.model, self.tokenizer = model, tokenizer
         self.chat_config = dict(chat_config or {})
         self.tools: dict[int, Tool] = {}  # by the id of the token that closes a call
+        if max_tool_calls < 0:
+            raise ConfigError(f"max_tool_calls: must be >= 0, not {max_tool_calls}")
+        self.max_tool_calls = max_tool_calls
         for tool in tools:
             self.register(tool)
 
     @classmethod
-    def load(cls, ref: str, dtype: str = "auto", tools: Sequence[Tool] = (), chat: bool = False) -> "Engine":
+    def load(cls, ref: str, dtype: str = "auto", tools: Sequence[Tool] = (), chat: bool = False,
+             max_tool_calls: int = 4) -> "Engine":
         """Load any model reference; ``chat``: fail with one line if the tokenizer has no chat template."""
         model, tokenizer, path = load_model(str(ref), dtype)
         if chat and not getattr(tokenizer, "chat_template", None):
             raise ConfigError(f"{ref}: the tokenizer has no chat template (a base model? use hf-pipeline generate)")
         config_file = Path(path) / CHAT_CONFIG
         chat_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        engine = cls(model, tokenizer, chat_config, tools)
+        engine = cls(model, tokenizer, chat_config, tools, max_tool_calls)
         engine.path = path
         return engine
 
@@ -165,10 +171,23 @@ class Engine:
         return getattr(self.model.config, "max_position_embeddings", None)
 
     def render(self, messages: Conversation) -> str:
-        """The prompt for the assistant's next turn, rendered by the tokenizer's chat template."""
+        """The prompt for the assistant's next turn, rendered by the tokenizer's chat template.
+
+        A model trained with tools (its ``chat_config.json`` has ``tools``) reads a last line of the system message
+        that says whether tools are on: the engine adds ``Tools: python, search.`` when it has tools registered,
+        ``Tools: none.`` when not, unless the system message already has a ``Tools:`` line."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError("the tokenizer has no chat template")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(self.tool_switch(messages), tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def tool_switch(self, messages: Conversation) -> Conversation:
+        """``messages`` with the system message's tool line (see ``render``), for a model trained with one."""
+        if not (self.chat_config.get("tools") and messages and messages[0]["role"] == "system"
+                and "Tools:" not in messages[0]["content"]):
+            return list(messages)
+        line = TOOLS_ON if self.tools else TOOLS_OFF
+        return [{**messages[0], "content": f"{messages[0]['content']} {line}"}, *messages[1:]]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -184,7 +203,8 @@ class Engine:
     def complete(self, prompt: str, sampling: SamplingParams | None = None, stream: bool = False,
                  stop_strings: list[str] | None = None) -> str:
         """Continue ``prompt`` as a document (a base model's use); return the new text. ``stream`` prints it to
-        stdout as it is sampled."""
+        stdout as it is sampled. With tools registered, their calls and outputs stay in the text between their
+        tokens (``<|python_start|>...<|python_end|><|output_start|>...<|output_end|>``)."""
         import torch
         from transformers import TextStreamer, set_seed
 
@@ -193,6 +213,8 @@ class Engine:
             set_seed(sampling.seed)
         if not prompt:
             raise ConfigError("prompt: must not be empty")
+        if self.tools:  # the tool loop: calls and outputs stay in the text, between their tokens
+            return self._complete_with_tools(prompt, sampling, stream)
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         kwargs = dict(sampling.generate_kwargs(), pad_token_id=self.pad_id)
         if stop_strings:
@@ -203,13 +225,38 @@ class Engine:
             out = self.model.generate(**inputs, **kwargs)
         return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
+    def _complete_with_tools(self, prompt: str, sampling: SamplingParams, stream: bool) -> str:
+        import sys
+
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        shown, seen = [""], []
+
+        def show(new):  # print the text as it grows, tool tokens included
+            seen.extend(new)
+            text = self.decode(seen)
+            if len(text) > len(shown[0]) and not text.endswith("\ufffd"):
+                sys.stdout.write(text[len(shown[0]):])
+                sys.stdout.flush()
+                shown[0] = text
+
+        row = self._generate_row(ids, sampling, on_tokens=show if stream else None)["ids"]
+        end = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
+        text = self.decode(row[:end])
+        if stream and len(text) > len(shown[0]):
+            sys.stdout.write(text[len(shown[0]):])
+            sys.stdout.flush()
+        return text
+
     def reply(self, conversations: Sequence[Conversation], sampling: SamplingParams | None = None,
               batch_size: int = 16) -> list[dict]:
         """The assistant's next turn after each conversation (greedy by default).
 
-        Returns one ``{"reply", "stopped", "tokens", "tool_calls"}`` per conversation: ``stopped`` is whether the
-        model ended its turn with ``<|im_end|>`` (or the model's stop token) within ``max_new_tokens``; ``tokens``
-        counts the reply's tokens before the stop token; ``tool_calls`` lists ``{"tool", "input", "output"}``.
+        Returns one ``{"reply", "text", "stopped", "tokens", "tool_calls", "tool_tokens"}`` per conversation:
+        ``reply`` is the answer (after the last tool output), ``text`` the whole turn with its tool calls and outputs
+        between their tokens (what the conversation's history keeps); ``stopped`` is whether the model ended its turn
+        with ``<|im_end|>`` (or the model's stop token) within ``max_new_tokens``; ``tokens`` counts the reply's
+        tokens before the stop token; ``tool_calls`` lists ``{"tool", "input", "output", "ok"}``; ``tool_tokens``
+        is whether the reply holds a tool token at all (a call made with no tool registered counts).
         """
         from transformers import set_seed
 
@@ -266,12 +313,36 @@ class Engine:
         row = result["ids"]
         stop_ids, chat_stops = stops or (self.stop_ids, self._chat_stops())
         end = next((i for i, t in enumerate(row) if t in stop_ids), None)
+        body = row[:end]
+        output_end = self._tool_ids().get(OUTPUT_END)
+        last_output = max((i for i, t in enumerate(body) if t == output_end), default=-1)
         return {
-            "reply": self.tokenizer.decode(row[:end], skip_special_tokens=True).strip(),
+            "reply": self.tokenizer.decode(body[last_output + 1:], skip_special_tokens=True).strip(),
+            "text": self.decode(body).strip(),
             "stopped": end is not None and row[end] in chat_stops,
             "tokens": len(row) if end is None else end,
             "tool_calls": result["tool_calls"],
+            "tool_tokens": any(t in self._tool_ids().values() for t in body),
         }
+
+    def _tool_ids(self) -> dict[str, int]:
+        if not hasattr(self, "_tool_id_map"):
+            vocab = self.tokenizer.get_vocab()
+            self._tool_id_map = {t: vocab[t] for t in TOOL_TOKENS if t in vocab}
+        return self._tool_id_map
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids`` with the tool tokens kept (calls and outputs stay visible), other special tokens
+        dropped: what goes back into a conversation's history."""
+        tool_ids = {i: t for t, i in self._tool_ids().items()}
+        parts, run = [], []
+        for i in ids:
+            if i in tool_ids:
+                parts.append(self.tokenizer.decode(run, skip_special_tokens=True) + tool_ids[i])
+                run = []
+            else:
+                run.append(i)
+        return "".join(parts) + self.tokenizer.decode(run, skip_special_tokens=True)
 
     def _generate_row(self, prompt_ids: list[int], sampling: SamplingParams, on_tokens=None,
                       stop_event: threading.Event | None = None) -> dict:
@@ -312,19 +383,30 @@ class Engine:
             start_id = vocab[tool.start]
             opened = max((i for i, t in enumerate(new[:-1]) if t == start_id), default=None)
             call = self.tokenizer.decode(new[opened + 1:-1] if opened is not None else [], skip_special_tokens=True)
-            try:
-                output = str(tool.run(call)) if opened is not None else f"error: no {tool.start} before {tool.end}"
-            except Exception as e:  # the model made a bad call: it reads the error, as a programmer would
-                output = f"error: {type(e).__name__}: {e}"
+            output, ok = self._run_tool(tool, call, opened is not None, len(calls))
             forced = ([vocab[OUTPUT_START]] + self.tokenizer(output, add_special_tokens=False)["input_ids"]
                       + [vocab[OUTPUT_END]])
-            calls.append({"tool": tool.name, "input": call, "output": output})
+            calls.append({"tool": tool.name, "input": call, "output": output, "ok": ok})
             ids += forced
             new += forced
             budget -= len(forced)
             if on_tokens:
                 on_tokens(forced)
         return {"ids": new, "tool_calls": calls}
+
+    def _run_tool(self, tool: Tool, call: str, opened: bool, made: int) -> tuple[str, bool]:
+        """``(output, ok)`` of one call; never raises: a failure is the output the model reads."""
+        if not opened:
+            return f"error: no {tool.start} before {tool.end}", False
+        if made >= self.max_tool_calls:
+            return f"error: no more tool calls in this reply (limit {self.max_tool_calls})", False
+        try:
+            result = tool.run(call)
+        except Exception as e:  # the model made a bad call: it reads the error, as a programmer would
+            return f"error: {type(e).__name__}: {e}", False
+        if hasattr(result, "output"):
+            return str(result.output), bool(getattr(result, "ok", True))
+        return str(result), not str(result).startswith("error:")
 
     def stream(self, messages: Conversation, sampling: SamplingParams | None = None,
                result: dict | None = None) -> Iterator[str]:
@@ -359,7 +441,7 @@ class Engine:
         try:
             while (item := pieces.get()) is not done:
                 ids += item
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text = self.decode(ids)
                 if len(text) > len(shown) and not text.endswith("\ufffd"):  # wait for a whole UTF-8 character
                     yield text[len(shown):]
                     shown = text
@@ -369,7 +451,7 @@ class Engine:
         if "error" in outcome:
             raise outcome["error"]
         finished = self._finish(outcome["result"])
-        text = self.tokenizer.decode(outcome["result"]["ids"][:finished["tokens"]], skip_special_tokens=True)
+        text = self.decode(outcome["result"]["ids"][:finished["tokens"]])
         if len(text) > len(shown):
             yield text[len(shown):]
         if result is not None:
@@ -467,13 +549,13 @@ class ChatSession:
             if not result:  # interrupted or failed: the user's turn is taken back
                 self.messages.pop()
         self.last_result = result
-        self.messages.append({"role": "assistant", "content": result["reply"]})
+        self.messages.append({"role": "assistant", "content": result["text"]})
 
     def send(self, text: str) -> str:
-        """Send a user turn and return the assistant's reply."""
+        """Send a user turn and return the assistant's reply (its answer: tool calls are in ``last_result``)."""
         for _ in self.stream(text):
             pass
-        return self.messages[-1]["content"]
+        return self.last_result["reply"]
 
 
 def chat(model, message: str, tokenizer=None, system: str | None = None, **kwargs) -> str:

@@ -14,7 +14,8 @@ the ``documents`` split, which the pretraining corpus reads (``{path: RUN/facts,
 so a person at level 64 is read 64 times per epoch and a person at level 0 never. People are split per level into
 the ``probe`` set (questions the probe stage asks) and the ``heldout`` set (questions only the evaluation asks), so
 every level is in both. ``RUN/facts/`` is a ``save_to_disk`` DatasetDict with the splits ``documents`` (``text``,
-``entity``, ``exposure``), ``probe`` and ``heldout`` (``id``, ``entity``, ``attribute``, ``question``, ``answer``,
+``entity``, ``exposure``), ``passages`` (one page per person, every level: what the search index holds, never read
+in pretraining), ``probe`` and ``heldout`` (``id``, ``entity``, ``attribute``, ``question``, ``answer``,
 ``answers``, ``answer_prefix``, ``exposure``), plus ``metrics.json`` and ``config.yaml``.
 
 The same seed gives the same people, documents and splits (tests/test_probe.py checks it).
@@ -101,6 +102,11 @@ def documents(person: dict, rng: random.Random) -> list[str]:
     return out
 
 
+def passage(person: dict) -> str:
+    """One page per person, every level included (0 too): what the search tool's index holds about them."""
+    return " ".join(SENTENCES[a][0].format(name=person["entity"], **person) for a in ATTRIBUTES)
+
+
 def questions(person: dict) -> list[dict]:
     rows = []
     for attribute, (question, start) in QUESTIONS.items():
@@ -139,6 +145,8 @@ def build_facts(config: FactsConfig):
                                       "exposure": datasets.Value("int32")})
     splits = datasets.DatasetDict({
         "documents": datasets.Dataset.from_list(docs, features=doc_features),
+        "passages": datasets.Dataset.from_list([{"text": passage(p), "entity": p["entity"], "exposure": p["exposure"]}
+                                                for p in people], features=doc_features),
         "probe": datasets.Dataset.from_list(probe, features=features),
         "heldout": datasets.Dataset.from_list(heldout, features=features),
     })

@@ -79,6 +79,8 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
     if config.probe_data:  # the probe stage's answers and refusals
         probe, probe_stats = mix_conversations([{"path": config.probe_data, "weight": config.probe_weight}],
                                                config.mirror, config.seed)
+        if config.tool_traces:  # closed book: with search on, the model should search, not refuse
+            probe = add_system_message(probe, system_line(system_message(config), False))
         parts.append(probe)
         n_probe = len(probe)
         for reason, count in probe_stats["skipped"].items():
@@ -92,8 +94,21 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
         n_identity = len(identity)
         for reason, count in id_stats["skipped"].items():
             stats["skipped"][reason] = stats["skipped"].get(reason, 0) + count
+    stats["tool_traces"] = 0
+    if config.tool_traces:  # conversations that call python and search mid-reply (hf_pipeline/tools/traces.py)
+        from .tools.traces import build_traces
+
+        traces, trace_stats = build_traces(
+            config.tool_traces, system_message(config), config.seed + 2, config.tools_off_share, config.tool_facts,
+            config.tool_index, config.gsm8k, config.mirror, config.search_k, config.search_max_chars)
+        parts.append(datasets.Dataset.from_dict({"messages": traces}, features=parts[0].features if parts else None))
+        stats["tool_traces"] = len(traces)
+        stats.update(trace_stats)
     train = datasets.concatenate_datasets(parts).shuffle(seed=config.seed).flatten_indices()
     system = system_message(config)
+    if config.tool_traces:  # every other conversation: tools on or off at random (on does not mean "call one")
+        train = add_tool_switch(train, system, config.seed)
+        system = system_line(system, False)
     train = add_system_message(train, system)
     heldout = add_system_message(heldout, system) if heldout is not None and len(heldout) else None
     if tokenizer is not None and config.drop_long:
@@ -106,6 +121,36 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
     stats["probe_conversations"] = n_probe
     stats["worked_problems"] = config.worked_problems
     return train, heldout, stats
+
+
+def system_line(system: str | None, tools_on: bool) -> str:
+    from .tools.traces import system_line as line
+
+    return line(system, tools_on)
+
+
+def add_tool_switch(dataset, system: str | None, seed: int):
+    """A system message ending with the tool switch, on or off at random, for conversations with the default system
+    message or none (a conversation with a system message of its own, e.g. the worked problems' prompt that grpo
+    sends, keeps it as it is)."""
+    import random
+
+    rng = random.Random(seed)
+
+    def add(batch):
+        out = []
+        for conversation in batch["messages"]:
+            if conversation and conversation[0]["role"] == "system":
+                if conversation[0]["content"] == system:
+                    conversation = [{"role": "system", "content": f"{conversation[0]['content']} "
+                                     f"{system_line(None, rng.random() < 0.5)}"}, *conversation[1:]]
+            else:
+                conversation = [{"role": "system", "content": system_line(system, rng.random() < 0.5)},
+                                *conversation]
+            out.append(conversation)
+        return {"messages": out}
+
+    return dataset.map(add, batched=True, desc="tool switch")
 
 
 def drop_long(dataset, tokenizer, max_length: int):
@@ -134,9 +179,9 @@ class SFTStage(PostTrainingStage):
 
     def load_data(self, tokenizer) -> None:
         self.train, self.heldout, self.stats = build_conversations(self.config, tokenizer)
-        logger.info("sft: %d training conversations (%d identity, %d worked problems, %d probe), %d held out; "
-                    "skipped: %s", len(self.train), self.stats["identity_conversations"],
-                    self.stats["worked_problems"], self.stats["probe_conversations"],
+        logger.info("sft: %d training conversations (%d identity, %d worked problems, %d probe, %d tool traces), "
+                    "%d held out; skipped: %s", len(self.train), self.stats["identity_conversations"],
+                    self.stats["worked_problems"], self.stats["probe_conversations"], self.stats["tool_traces"],
                     len(self.heldout) if self.heldout is not None else 0, dict(self.stats["skipped"]) or "none")
 
     def make_trainer(self, model, tokenizer, output_dir: str):
@@ -173,6 +218,11 @@ class SFTStage(PostTrainingStage):
         self.chat_config = {"system_message": system_message(config), "assistant_name": config.assistant_name,
                             "assistant_author": config.assistant_author,
                             "stop_token": tokenizer.eos_token}  # SFTTrainer made <|im_end|> the EOS
+        if config.tool_traces:  # the engine adds the tool switch to the system message, and sets search up alike
+            from .config import TOOLS_OFF, TOOLS_ON
+
+            self.chat_config["tools"] = {"on": TOOLS_ON, "off": TOOLS_OFF, "search_k": config.search_k,
+                                         "search_max_chars": config.search_max_chars}
         return trainer
 
     def refusal(self) -> str:
@@ -203,7 +253,7 @@ class SFTStage(PostTrainingStage):
                 replies = answer(reference, self.honesty_rows, reference.chat_config.get("system_message"),
                                  config.honesty_max_new_tokens)
                 self.reference_judged = judge_replies(self.honesty_rows, replies, refusal)
-        replies = answer(engine, self.honesty_rows, system_message(config), config.honesty_max_new_tokens)
+        replies = answer(engine, self.honesty_rows, self.system_for_eval(), config.honesty_max_new_tokens)
         judged = judge_replies(self.honesty_rows, replies, refusal)
         self.honesty = honesty_metrics(judged, self.reference_judged)
         return self.honesty, judged
@@ -220,7 +270,7 @@ class SFTStage(PostTrainingStage):
                                            marks=(config.assistant_name, config.assistant_author))
         metrics.update(stops)
         metrics["identity_accuracy"], samples["identity"] = identity_accuracy(
-            engine, config.assistant_name, config.assistant_author, system_message(config))
+            engine, config.assistant_name, config.assistant_author, self.system_for_eval())
         if config.mmlu:
             from .evals.multiple_choice import MMLU_ID, load_mmlu, score_multiple_choice
 
@@ -235,7 +285,32 @@ class SFTStage(PostTrainingStage):
         if config.honesty_questions:
             honesty, samples["honesty"] = self.measure_honesty(engine)
             metrics.update(honesty)
+        if config.tool_traces and config.tool_eval_tasks and trainer is not None and trainer.state.global_step > 0:
+            tools, samples["tools"] = self.measure_tools(engine)  # after training only: a base model has no tools
+            metrics.update(tools)
         return metrics, samples
+
+    def system_for_eval(self) -> str | None:
+        """The system message the measures use: with tool training, its tools-off line (closed book)."""
+        system = system_message(self.config)
+        return system_line(system, False) if self.config.tool_traces else system
+
+    def measure_tools(self, engine) -> tuple[dict, list]:
+        """Held-out tool tasks of the trained families, with tools and without (evals.tools)."""
+        from .engine import Engine
+        from .evals.tools import eval_tasks, measure_tools
+        from .tools import make_tools
+        from .tools.traces import EVAL_FAMILIES
+
+        config = self.config
+        families = [f for f in EVAL_FAMILIES if config.tool_traces.get(f)]
+        if "trivial" not in families:
+            families.append("trivial")
+        tasks = eval_tasks(families, config.tool_eval_tasks, config.seed, config.tool_facts)
+        tools = make_tools(index=config.tool_index if "search" in families else None, search_k=config.search_k,
+                           search_max_chars=config.search_max_chars)
+        with_tools = Engine(engine.model, engine.tokenizer, self.chat_config, tools)
+        return measure_tools(with_tools, tasks, system_message(config), config.max_new_tokens)
 
     def save_extra(self, work: Path, model, tokenizer) -> None:
         if getattr(self, "honesty", None):
@@ -249,6 +324,8 @@ class SFTStage(PostTrainingStage):
             "identity_data": bool(config.identity_data), "system_message": system_message(config),
             "train_conversations": len(self.train), "identity_conversations": stats["identity_conversations"],
             "worked_problems": stats["worked_problems"], "probe_conversations": stats["probe_conversations"],
+            "tool_traces": stats["tool_traces"],
+            **{k: v for k, v in stats.items() if k.startswith(("gsm8k_", "search_"))},
             "heldout_conversations": len(self.heldout) if self.heldout is not None else 0,
             **{f"skipped_{reason}": n for reason, n in sorted(stats["skipped"].items())},
         }

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-Artifact = Literal["dataset", "tokenizer", "model"]
+Artifact = Literal["dataset", "index", "tokenizer", "model"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (  # pipeline order: `run` runs a recipe's stages in this order
     Stage("data", "hf_pipeline.data.pipeline", "DataConfig", "dataset"),  # corpora name RUN/data explicitly
     Stage("facts", "hf_pipeline.facts", "FactsConfig", "dataset"),  # the pretraining corpus names RUN/facts
+    Stage("index", "hf_pipeline.tools.search", "IndexConfig", "index"),  # the search tool's index; sft names it
     Stage("tokenizer", "hf_pipeline.tokenizer", "TokenizerConfig", "tokenizer"),
     Stage("pretrain", "hf_pipeline.pretrain", "PretrainConfig", "model", {"tokenizer": "tokenizer"}),
     Stage("probe", "hf_pipeline.probe", "ProbeConfig", "dataset", {"model": "pretrain"}),  # sft names RUN/probe

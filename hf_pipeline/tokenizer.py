@@ -11,7 +11,9 @@ The chat protocol (defined here once, imported everywhere else) renders a conver
 
 The assistant's reply, ``<|im_end|>`` included, sits inside ``{% generation %}`` so that
 ``apply_chat_template(..., return_assistant_tokens_mask=True)`` (and TRL's ``assistant_only_loss``) know which tokens
-the model must learn to produce. Tool tokens are reserved now so that later stages never resize the embeddings.
+the model must learn to produce. Tool tokens are reserved now so that later stages never resize the embeddings; a
+tool's output inside an assistant message (``<|output_start|>...<|output_end|>``) is rendered outside
+``{% generation %}``, so it never carries loss.
 """
 
 from __future__ import annotations
@@ -46,11 +48,20 @@ SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 
+# An assistant message's content may hold tool calls and outputs inline (``<|python_start|>print(2 * 3)<|python_end|>
+# <|output_start|>6<|output_end|>The answer is 6.``): the text and the calls are inside {% generation %} (the model
+# learns to write them), each <|output_start|>...<|output_end|> is outside (the tool wrote it: never trained on).
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{ '" + IM_START + "assistant" + IM_SEP + "' }}"
-    "{%- generation -%}{{ message['content'] + '" + IM_END + "' }}{%- endgeneration -%}"
+    "{%- for chunk in message['content'].split('" + OUTPUT_START + "') -%}"
+    "{%- if loop.first -%}{%- set said = chunk -%}{%- else -%}"
+    "{%- set pair = chunk.split('" + OUTPUT_END + "', 1) -%}"
+    "{{ '" + OUTPUT_START + "' + pair[0] + '" + OUTPUT_END + "' }}"
+    "{%- set said = pair[1] if pair | length > 1 else '' -%}{%- endif -%}"
+    "{%- generation -%}{{ said }}{%- if loop.last -%}{{ '" + IM_END + "' }}{%- endif -%}{%- endgeneration -%}"
+    "{%- endfor -%}"
     "{%- else -%}"
     "{{ '" + IM_START + "' + message['role'] + '" + IM_SEP + "' + message['content'] + '" + IM_END + "' }}"
     "{%- endif -%}"
@@ -59,8 +70,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_bpe(texts, vocab_size: int, min_frequency: int = 2, length: int | None = None):
-    """Train a byte-level BPE ``tokenizers.Tokenizer`` on an iterator of strings."""
+def train_bpe(texts, vocab_size: int, min_frequency: int = 2, length: int | None = None,
+              individual_digits: bool = False):
+    """Train a byte-level BPE ``tokenizers.Tokenizer`` on an iterator of strings; ``individual_digits``: every
+    digit its own pre-token (so a number is always its digits)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
@@ -69,6 +82,7 @@ def train_bpe(texts, vocab_size: int, min_frequency: int = 2, length: int | None
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            *([pre_tokenizers.Digits(individual_digits=True)] if individual_digits else []),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -161,7 +175,8 @@ def run(config: TokenizerConfig) -> Path:
     reference = load_reference(config.compare_with) if config.compare_with else None
     work = begin_stage(final)
 
-    tok = train_bpe(_texts(train, config.max_train_chars), config.vocab_size, config.min_frequency)
+    tok = train_bpe(_texts(train, config.max_train_chars), config.vocab_size, config.min_frequency,
+                    individual_digits=config.individual_digits)
     tokenizer = to_transformers(tok)
     texts = list(heldout["text"]) if len(heldout) else list(train.select(range(min(200, len(train))))["text"])
     for text in texts[:50]:  # byte-level BPE must round-trip exactly

@@ -22,12 +22,13 @@ if not SHARED_DATA.is_dir():  # pragma: no cover - a broken checkout, not a skip
     raise RuntimeError(f"tests need the real data folder at {SHARED_DATA}")
 
 
-def run_cli(*args, env: dict | None = None, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``hf-pipeline ARGS`` in a fresh interpreter (as a user would)."""
+def run_cli(*args, env: dict | None = None, cwd: Path = ROOT, timeout: int = 600,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``hf-pipeline ARGS`` in a fresh interpreter (as a user would); ``input`` is its standard input."""
     full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "hf_pipeline", *map(str, args)],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout, input=input,
     )
 
 

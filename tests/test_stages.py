@@ -19,13 +19,13 @@ TINY = ROOT / "recipes" / "tiny.yaml"
 
 
 def test_the_table_is_the_only_stage_list():
-    assert stage_names() == ("data", "facts", "tokenizer", "pretrain", "probe", "sft", "grpo")
+    assert stage_names() == ("data", "facts", "index", "tokenizer", "pretrain", "probe", "sft", "grpo")
     assert tuple(STAGE_CONFIGS) == stage_names()
     for stage in STAGES:
         cls = STAGE_CONFIGS[stage.name]
         assert (cls.__name__, cls.stage) == (stage.config, stage.name)
         assert importlib.util.find_spec(stage.module) is not None, stage.module
-        assert stage.artifact in ("dataset", "tokenizer", "model")
+        assert stage.artifact in ("dataset", "index", "tokenizer", "model")
         for source in stage.inputs.values():  # every default input is an earlier stage's output
             assert stage_names().index(source) < stage_names().index(stage.name)
     listed = [line.split()[0] for line in cli.usage().split("stages (each writes RUN/<stage>/):\n")[1]

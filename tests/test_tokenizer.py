@@ -7,6 +7,8 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from conftest import SHAKESPEARE
+
 from hf_pipeline.tokenizer import (
     ENDOFTEXT,
     IM_END,
@@ -110,3 +112,15 @@ def test_compression_benchmark_prints_ratio_line(tiny_run):
     last = dict(kv.split("=") for kv in out[-1].split()[1:])
     assert out[-1].startswith("bytes_per_token ")
     assert float(last["ratio"]) == pytest.approx(float(last["ours"]) / float(last["gpt2"]), rel=1e-3)
+
+
+def test_individual_digits_splits_every_number_into_digits():
+    from hf_pipeline.tokenizer import to_transformers, train_bpe
+
+    text = SHAKESPEARE.read_text()[:200_000] + " 415 * 391 = 162265; 1999 and 2024 and 123456789." * 50
+    plain = to_transformers(train_bpe([text], vocab_size=2000))
+    digits = to_transformers(train_bpe([text], vocab_size=2000, individual_digits=True))
+    numbers = "What is 415 * 391? 162265"
+    assert any(len(t.strip("Ġ")) > 1 and t.strip("Ġ").isdigit() for t in plain.tokenize(numbers))  # merged digits
+    assert [t for t in digits.tokenize(numbers) if any(c.isdigit() for c in t)] == list("415391162265")
+    assert digits.decode(digits.encode(numbers)) == numbers

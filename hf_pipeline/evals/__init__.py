@@ -7,6 +7,8 @@
     qa.py               judging answers against references (SQuAD EM/F1, match), refusals, informativeness (probe)
     honesty.py          accuracy and refusal rate per exposure level, prudence / over-conservativeness / honesty
                         against a reference model, the plot against exposure (sft with probe data)
+    tools.py            accuracy with tools and without per task family, well-formed calls, calls where none is
+                        needed (sft with tool traces)
 
 The stages call these functions on the model they train; ``hf-pipeline eval MODEL --suites chat mmlu`` runs the same
 functions on any model reference (run folder, stage folder, adapter folder, Hub id) and writes
@@ -17,6 +19,7 @@ functions on any model reference (run folder, stage folder, adapter folder, Hub 
     hf-pipeline eval runs/tiny --suites bpb problems --bpb_texts ../shared/data/text/tinyshakespeare.txt
     hf-pipeline eval runs/tiny/sft --suites honesty --honesty_questions runs/tiny/facts \
         --reference runs/tiny-noprobe/sft                          # + honesty.png
+    hf-pipeline eval runs/tiny/sft --suites tools --tool_index runs/tiny/index --tool_facts runs/tiny/facts
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..config import MIRROR_ENV, REFUSAL, ConfigError, _help, check_ranges
 
 logger = logging.getLogger("hf_pipeline")
 
-SUITES = ("bpb", "mmlu", "chat", "problems", "honesty")
+SUITES = ("bpb", "mmlu", "chat", "problems", "honesty", "tools")
 
 
 @dataclass
@@ -90,6 +93,18 @@ class EvalConfig:
     reference: Optional[str] = _help("The same model trained without refusal data: adds prudence, "
                                      "over-conservativeness and honesty.", default=None)
     refusal: str = _help("The refusal sentence (detected exactly).", default=REFUSAL)
+    # tools
+    tool_families: list[str] = _help("Task families of the tools suite: multiply, add, count_letter, compare, "
+                                     "search (needs tool_index and tool_facts), trivial.",
+                                     default_factory=lambda: ["multiply", "add", "count_letter", "compare", "search",
+                                                              "trivial"])
+    tool_tasks: int = _help("Held-out tasks per family.", default=100)
+    tool_index: Optional[str] = _help("The search index (RUN/index) for the search tool.", default=None)
+    tool_facts: Optional[str] = _help("The facts stage's folder: its held-out people are the search tasks.",
+                                      default=None)
+    tool_max_new_tokens: int = _help("Token limit of a reply, tool outputs included (tools suite).", default=96)
+    sandbox_network: str = _help("Python tool without network isolation on this machine: 'require' refuses, "
+                                 "'best_effort' runs without.", default="require")
 
     def __post_init__(self):
         import os
@@ -102,6 +117,16 @@ class EvalConfig:
             raise ConfigError("eval.bpb_texts: the bpb suite needs texts to measure on")
         if "honesty" in self.suites and not self.honesty_questions:
             raise ConfigError("eval.honesty_questions: the honesty suite needs questions with answers")
+        if "tools" in self.suites:
+            from ..tools.traces import EVAL_FAMILIES
+
+            for family in self.tool_families:
+                if family not in EVAL_FAMILIES:
+                    raise ConfigError(f"eval.tool_families: unknown family '{family}' (known: "
+                                      f"{', '.join(EVAL_FAMILIES)})")
+            if "search" in self.tool_families and not (self.tool_index and self.tool_facts):
+                raise ConfigError("eval.tool_index/tool_facts: the search family needs both (or leave search out "
+                                  "of --tool_families)")
         check_ranges(self, "eval")  # config.RANGES: the same ranges as the stages' fields of the same names
         if self.output_dir is None:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(Path(self.model).parts[-2:])).strip("-.")
@@ -230,4 +255,22 @@ def _honesty(engine, config: EvalConfig, work: Path):
     return metrics, samples
 
 
-SUITE_FUNCTIONS = {"bpb": _bpb, "mmlu": _mmlu, "chat": _chat, "problems": _problems, "honesty": _honesty}
+def _tools(engine, config: EvalConfig, work: Path):
+    from ..engine import Engine
+    from ..tools import make_tools
+    from .tools import eval_tasks, measure_tools
+
+    if not getattr(engine.tokenizer, "chat_template", None):
+        raise ConfigError(f"eval: {config.model} has no chat template (the tools suite asks a chat model)")
+    settings = engine.chat_config.get("tools") or {}
+    tools = make_tools(index=config.tool_index if "search" in config.tool_families else None,
+                       search_k=settings.get("search_k", 1), search_max_chars=settings.get("search_max_chars", 300),
+                       network=config.sandbox_network)
+    with_tools = Engine(engine.model, engine.tokenizer, engine.chat_config, tools)
+    tasks = eval_tasks(config.tool_families, config.tool_tasks, config.seed, config.tool_facts)
+    return measure_tools(with_tools, tasks, engine.chat_config.get("system_message"), config.tool_max_new_tokens,
+                         plain_engine=engine)
+
+
+SUITE_FUNCTIONS = {"bpb": _bpb, "mmlu": _mmlu, "chat": _chat, "problems": _problems, "honesty": _honesty,
+                   "tools": _tools}
