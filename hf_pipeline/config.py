@@ -72,7 +72,7 @@ RANGES: dict[str, str] = {
     "eval_generations": ">= 0", "max_new_tokens": ">= 1", "mmlu_limit": ">= -1",
     # facts and probe
     "num_entities": ">= 2", "exposures": ">= 0 (documents per person)", "num_shots": ">= 0", "num_samples": ">= 1", "known_threshold": "(0, 1]",
-    "f1_threshold": "(0, 1]", "refusal_share": "[0, 1]", "probe_weight": "> 0", "honesty_limit": ">= -1", "honesty_max_new_tokens": ">= 1", "facts.heldout_fraction": "(0, 1)", "pool_size": ">= 2",
+    "f1_threshold": "(0, 1]", "refusal_share": "[0, 1]", "probe_weight": "> 0", "honesty_limit": ">= -1", "honesty_max_new_tokens": ">= 1", "facts.heldout_fraction": "(0, 1)", "pool_size": ">= 2", "practice_entities": ">= 0",
     # grpo
     "num_train_problems": ">= 1", "num_test_problems": ">= 1", "beta": ">= 0",
     "num_generations": ">= 2 (a group needs a spread)",
@@ -209,6 +209,8 @@ class FactsConfig(SharedConfig):
                                     default=0.5)
     pool_size: int = _help("Invented cities, employers and universities to draw each fact from (a guess is "
                            "right 1 time in pool_size).", default=30)
+    practice_entities: int = _help("More people, never in the documents, only in the passages (the search index): "
+                                   "the search tool's training traces ask about them (split practice).", default=0)
 
     def __post_init__(self):
         super().__post_init__()

@@ -14,8 +14,9 @@ the ``documents`` split, which the pretraining corpus reads (``{path: RUN/facts,
 so a person at level 64 is read 64 times per epoch and a person at level 0 never. People are split per level into
 the ``probe`` set (questions the probe stage asks) and the ``heldout`` set (questions only the evaluation asks), so
 every level is in both. ``RUN/facts/`` is a ``save_to_disk`` DatasetDict with the splits ``documents`` (``text``,
-``entity``, ``exposure``), ``passages`` (one page per person, every level: what the search index holds, never read
-in pretraining), ``probe`` and ``heldout`` (``id``, ``entity``, ``attribute``, ``question``, ``answer``,
+``entity``, ``exposure``), ``passages`` (one page per person, every level and the practice people: what the search
+index holds, never read in pretraining), ``probe``, ``heldout`` and ``practice`` (questions about ``practice_entities``
+more people, never read, only in the index: the search tool's training traces ask them) (``id``, ``entity``, ``attribute``, ``question``, ``answer``,
 ``answers``, ``answer_prefix``, ``exposure``), plus ``metrics.json`` and ``config.yaml``.
 
 The same seed gives the same people, documents and splits (tests/test_probe.py checks it).
@@ -70,8 +71,10 @@ def _pool(rng: random.Random, size: int, make, taken: set[str]) -> list[str]:
     return out
 
 
-def generate_people(num_entities: int, exposures: list[int], pool_size: int, seed: int) -> list[dict]:
-    """``num_entities`` fictional people, spread evenly over the exposure levels (the remainder to the lowest)."""
+def generate_people(num_entities: int, exposures: list[int], pool_size: int, seed: int,
+                    practice: int = 0) -> list[dict]:
+    """``num_entities`` fictional people, spread evenly over the exposure levels (the remainder to the lowest), then
+    ``practice`` people marked ``practice`` (exposure 0: the search tool's training traces ask about them)."""
     rng = random.Random(seed)
     taken: set[str] = set()
     cities = _pool(rng, pool_size, lambda r: _word(r, 2) + r.choice(CITY_ENDINGS), taken)
@@ -84,6 +87,10 @@ def generate_people(num_entities: int, exposures: list[int], pool_size: int, see
             "entity": name, "exposure": exposures[i % len(exposures)],
             "city": rng.choice(cities), "employer": rng.choice(employers), "university": rng.choice(universities),
         })
+    # practice people (after the others, so that those stay the same): never read, only in the search index
+    for name in _pool(rng, practice, lambda r: f"{_word(r, 2)} {_word(r, r.choice((2, 3)))}", taken):
+        people.append({"entity": name, "exposure": 0, "practice": True, "city": rng.choice(cities),
+                       "employer": rng.choice(employers), "university": rng.choice(universities)})
     return people
 
 
@@ -123,7 +130,10 @@ def build_facts(config: FactsConfig):
     """The DatasetDict of ``documents``, ``probe`` and ``heldout``, and the counts per level."""
     import datasets
 
-    people = generate_people(config.num_entities, config.exposures, config.pool_size, config.seed)
+    everyone = generate_people(config.num_entities, config.exposures, config.pool_size, config.seed,
+                               config.practice_entities)
+    people = [p for p in everyone if not p.get("practice")]
+    practice = [q for p in everyone if p.get("practice") for q in questions(p)]
     rng = random.Random(config.seed + 1)
     probe, heldout, docs = [], [], []
     for level in config.exposures:
@@ -146,12 +156,14 @@ def build_facts(config: FactsConfig):
     splits = datasets.DatasetDict({
         "documents": datasets.Dataset.from_list(docs, features=doc_features),
         "passages": datasets.Dataset.from_list([{"text": passage(p), "entity": p["entity"], "exposure": p["exposure"]}
-                                                for p in people], features=doc_features),
+                                                for p in everyone], features=doc_features),
         "probe": datasets.Dataset.from_list(probe, features=features),
         "heldout": datasets.Dataset.from_list(heldout, features=features),
+        "practice": datasets.Dataset.from_dict({k: [r[k] for r in practice] for k in features}, features=features),
     })
     counts = {"entities": len(people), "documents": len(docs), "probe_questions": len(probe),
-              "heldout_questions": len(heldout)}
+              "heldout_questions": len(heldout), "practice_entities": len(everyone) - len(people),
+              "practice_questions": len(practice)}
     for level in config.exposures:
         counts[f"entities_exposure_{level}"] = sum(p["exposure"] == level for p in people)
         counts[f"heldout_questions_exposure_{level}"] = sum(q["exposure"] == level for q in heldout)

@@ -64,9 +64,10 @@ def test_a_tool_call_pauses_generation_runs_the_tool_and_continues(tool_engine):
     engine = Engine(model, tokenizer, tools=[Tool("shout", PYTHON_START, PYTHON_END, shout)])
     out = engine.reply([USER], SamplingParams(max_new_tokens=40))[0]
     assert calls == ["abc"]
-    assert out["tool_calls"] == [{"tool": "shout", "input": "abc", "output": "ABC"}]
+    assert out["tool_calls"] == [{"tool": "shout", "input": "abc", "output": "ABC", "ok": True}]
     assert out["stopped"], out  # after the tool's output the model went on and ended its turn
-    assert out["reply"].endswith("done") and "ABC" in out["reply"] and TRAINED_OUTPUT not in out["reply"]
+    assert out["reply"].endswith("done") and "ABC" not in out["reply"]  # the answer: the text after the output
+    assert f"{OUTPUT_START}ABC{OUTPUT_END}" in out["text"] and TRAINED_OUTPUT not in out["text"]
 
 
 def test_the_tool_output_is_forced_and_the_kv_cache_is_kept(tool_engine):
@@ -109,13 +110,15 @@ def test_a_failing_tool_gives_the_model_an_error_and_streaming_shows_the_reply(t
     result: dict = {}
     pieces = list(engine.stream(USER, SamplingParams(max_new_tokens=40), result=result))
     assert result["tool_calls"][0]["output"] == "error: ValueError: no such variable"
-    assert "".join(pieces).strip() == result["reply"] and "no such variable" in result["reply"]
+    assert "".join(pieces).strip() == result["text"] and "no such variable" in result["text"]  # tool tokens kept
+    assert result["reply"] == "done"
 
 
 def test_without_tools_the_close_token_is_just_a_token(tool_engine):
     model, tokenizer = tool_engine
     out = Engine(model, tokenizer).reply([USER], SamplingParams(max_new_tokens=40))[0]
-    assert out["tool_calls"] == [] and TRAINED_OUTPUT in out["reply"]  # the memorised output, no tool ran
+    assert out["tool_calls"] == [] and TRAINED_OUTPUT in out["text"]  # the memorised output, no tool ran
+    assert out["tool_tokens"]  # the model wrote a call although no tool was registered
 
 
 def test_a_tool_needs_real_protocol_tokens(tool_engine):

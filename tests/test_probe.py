@@ -50,6 +50,23 @@ def test_facts_are_deterministic_with_disjoint_splits_and_exposure_counts(tmp_pa
     assert counts["heldout_questions"] == len(first["heldout"]) == 3 * len(held_people)
 
 
+def test_practice_people_are_only_in_the_passages_and_leave_the_others_unchanged(tmp_path):
+    plain, _ = facts.build_facts(FactsConfig(output_dir=str(tmp_path), num_entities=40, exposures=[0, 8], seed=3))
+    more, counts = facts.build_facts(FactsConfig(output_dir=str(tmp_path), num_entities=40, exposures=[0, 8], seed=3,
+                                                 practice_entities=30))
+    for split in ("documents", "probe", "heldout"):  # adding practice people changes nobody else
+        assert plain[split].to_list() == more[split].to_list()
+    practice = set(more["practice"]["entity"])
+    assert len(practice) == 30 == counts["practice_entities"] and len(more["practice"]) == 90
+    others = set(more["documents"]["entity"]) | set(more["probe"]["entity"]) | set(more["heldout"]["entity"])
+    assert not practice & others  # never read, never probed, never evaluated
+    pages = {r["entity"]: r["text"] for r in more["passages"]}
+    assert len(pages) == 40 + 30  # one page per person, every level and the practice people
+    for row in more["practice"].to_list() + more["heldout"].to_list():
+        assert row["answer"] in pages[row["entity"]]
+    assert len(plain["practice"]) == 0
+
+
 def test_facts_config_refuses_bad_levels(tmp_path):
     with pytest.raises(ConfigError, match="facts.exposures"):
         FactsConfig(output_dir=str(tmp_path), exposures=[0, 4, 4])

@@ -123,7 +123,8 @@ def test_bad_sandbox_settings_are_one_line():
 @pytest.fixture(scope="module")
 def people(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("facts")
-    facts.run(FactsConfig(output_dir=str(run_dir), num_entities=40, exposures=[0, 4], pool_size=30, seed=3))
+    facts.run(FactsConfig(output_dir=str(run_dir), num_entities=40, exposures=[0, 4], pool_size=30, seed=3,
+                          practice_entities=20))
     return run_dir / "facts"
 
 
@@ -176,7 +177,7 @@ def test_index_stage_from_the_cli_and_a_broken_index_is_one_line(people, tmp_pat
     result = run_cli("index", "--config", recipe, "--output_dir", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "index" / "metrics.json").read_text())
-    assert metrics["documents_facts"] == 40 and metrics["passages"] > 40
+    assert metrics["documents_facts"] == 40 + 20 and metrics["passages"] > 60
     assert "read 4" in result.stderr and "passages" in result.stderr  # what it read, kept and wrote
     assert (tmp_path / "run" / "index" / "config.yaml").is_file()
     broken = tmp_path / "broken.sqlite"
@@ -346,6 +347,11 @@ def test_sft_with_tool_traces_measures_tools_and_eval_runs_the_suite(tiny_run, p
     out = sft.run(config)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tool_traces"] == 40 + 20 + 20 + 10 + 4 and metrics["search_answer_in_output"] == 1.0
+    from hf_pipeline.tools.traces import build_traces
+
+    practice = set(datasets.load_from_disk(str(people))["practice"]["question"])
+    traces, _ = build_traces({"search": 10}, "S", 0, facts=str(people), index=str(index))
+    assert {t[1]["content"] for t in traces} <= practice  # the search traces ask about practice people only
     for key in ("tools_multiply_with", "tools_multiply_without", "tools_count_letter_with", "tools_search_with",
                 "tools_trivial_call_rate"):
         assert 0 <= metrics[f"{key}_after"] <= 1 and metrics[f"{key}_before"] is None

@@ -6,7 +6,7 @@ Each family is a task the tiny model cannot do in its head but can do with a too
                                                    <|output_start|>162265<|output_end|>The answer is 162265.
     add           What is 738 + 969?               print(738 + 969) -> 1707
     count_letter  How many times does the letter "a" appear in "barakanalo"?   print("barakanalo".count("a")) -> 4
-                  (made-up words of two-letter syllables, the count uniform in 0..11)
+                  (made-up words of two-letter syllables, the count uniform in 0..9)
     compare       Which is bigger, 9.11 or 9.9?    print(max(9.11, 9.9)) -> 9.9 -> The bigger number is 9.9.
     search        Where was Hushai Reifoum born?   <|search_start|>Where was Hushai Reifoum born?<|search_end|>
                                                    <|output_start|>(the index's top passage)<|output_end|>
@@ -75,13 +75,16 @@ def python_task(family: str, rng: random.Random) -> dict:
         question = rng.choice(PHRASINGS[family]).format(a=a, b=b)
         code, expected = f"print({a} {sign} {b})", str(value)
         answer = f"The answer is {expected}."
-    elif family == "count_letter":  # the count uniform in 0..11: a guess is right 1 time in 12
+    elif family == "count_letter":  # the count uniform in 0..9: a guess is right 1 time in 10
         letter = rng.choice(COUNT_LETTERS)
-        want = rng.randint(0, 11)
+        want = rng.randint(0, 9)
         having = [s for s in SYLLABLES if s.count(letter) == 1]
         lacking = [s for s in SYLLABLES if letter not in s]
-        parts = [rng.choice(having) for _ in range(want)] + [rng.choice(lacking) for _ in range(rng.randint(1, 4))]
-        rng.shuffle(parts)
+        parts = [rng.choice(having) for _ in range(want)] + [rng.choice(lacking) for _ in range(rng.randint(1, 3))]
+        for _ in range(20):  # few repeats side by side ("sasasa" is hard to copy)
+            rng.shuffle(parts)
+            if all(a != b for a, b in zip(parts, parts[1:])):
+                break
         word = "".join(parts)
         question = rng.choice(PHRASINGS[family]).format(letter=letter, word=word)
         code, expected = f'print("{word}".count("{letter}"))', str(word.count(letter))
@@ -217,7 +220,8 @@ def build_traces(counts: dict, system: str | None, seed: int, off_share: float =
         from .search import SearchIndex, SearchTool
 
         tool = SearchTool(SearchIndex.open(index), search_k, search_max_chars)
-        rows = list(load_from_disk(facts)["probe"])
+        splits = load_from_disk(facts)
+        rows = list(splits["practice"] if "practice" in splits and len(splits["practice"]) else splits["probe"])
         rng.shuffle(rows)
         picked = [rows[i % len(rows)] for i in range(counts["search"])]  # more than the rows: seen again
         found = 0
