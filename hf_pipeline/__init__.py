@@ -10,10 +10,11 @@ The Python API (the ``hf-pipeline`` command is a thin layer over it)::
     ChatSession(engine, temperature=0).send("Hello!")
 
 - Stages (the table in ``hf_pipeline.stages``): each has a config class and ``run_<stage>(config) -> Path``
-  (``run_data``, ``run_facts``, ``run_tokenizer``, ``run_pretrain``, ``run_probe``, ``run_sft``, ``run_grpo``), or
-  ``run_stage(config)`` for any.
+  (``run_data``, ``run_facts``, ``run_index``, ``run_tokenizer``, ``run_pretrain``, ``run_probe``, ``run_sft``,
+  ``run_grpo``), or ``run_stage(config)`` for any.
 - Inference: ``Engine`` (load any model reference; ``complete``, ``reply``, ``stream``; tools), ``SamplingParams``,
-  ``Tool``, ``ChatSession``, ``chat``.
+  ``Tool``, ``ChatSession``, ``chat``; the tools themselves in ``hf_pipeline.tools`` (``make_tools``,
+  ``PythonSandbox``, ``SearchIndex``).
 - Evaluation: ``hf_pipeline.evals`` (bits per byte, multiple choice, chat checks, pass@k, honesty) and
   ``evaluate(EvalConfig)``.
 
@@ -34,7 +35,7 @@ _EXPORTS = {
     "SharedConfig": "config", "Source": "config", "ConfigError": "config", "DataConfig": "config",
     "TokenizerConfig": "config", "PretrainConfig": "config", "PostTrainingConfig": "config",
     "SFTStageConfig": "config", "GRPOStageConfig": "config", "FactsConfig": "config", "ProbeConfig": "config",
-    "build_config": "config", "load_recipe": "config",
+    "IndexConfig": "config", "build_config": "config", "load_recipe": "config",
     # inference
     "Engine": "engine", "SamplingParams": "engine", "Tool": "engine", "ChatSession": "engine", "chat": "engine",
     # evaluation

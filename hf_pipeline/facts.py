@@ -159,8 +159,9 @@ def build_facts(config: FactsConfig):
                                                 for p in everyone], features=doc_features),
         "probe": datasets.Dataset.from_list(probe, features=features),
         "heldout": datasets.Dataset.from_list(heldout, features=features),
-        "practice": datasets.Dataset.from_dict({k: [r[k] for r in practice] for k in features}, features=features),
     })
+    if practice:  # (an empty split does not load back from disk)
+        splits["practice"] = datasets.Dataset.from_list(practice, features=features)
     counts = {"entities": len(people), "documents": len(docs), "probe_questions": len(probe),
               "heldout_questions": len(heldout), "practice_entities": len(everyone) - len(people),
               "practice_questions": len(practice)}

@@ -192,5 +192,5 @@ def test_eval_verb_measures_any_model_and_writes_metrics(tiny_run, tmp_path):
 def test_eval_verb_bad_suite_is_one_line(tiny_run, tmp_path):
     out = run_cli("eval", tiny_run, "--suite", "chatt", "--output_dir", tmp_path / "eval")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        "hf-pipeline: error: eval.suites: unknown suite 'chatt' (known: bpb, mmlu, chat, problems, honesty)"]
+        "hf-pipeline: error: eval.suites: unknown suite 'chatt' (known: bpb, mmlu, chat, problems, honesty, tools)"]
     assert not (tmp_path / "eval").exists()

@@ -64,7 +64,7 @@ def test_practice_people_are_only_in_the_passages_and_leave_the_others_unchanged
     assert len(pages) == 40 + 30  # one page per person, every level and the practice people
     for row in more["practice"].to_list() + more["heldout"].to_list():
         assert row["answer"] in pages[row["entity"]]
-    assert len(plain["practice"]) == 0
+    assert "practice" not in plain
 
 
 def test_facts_config_refuses_bad_levels(tmp_path):

@@ -178,7 +178,8 @@ def test_index_stage_from_the_cli_and_a_broken_index_is_one_line(people, tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "index" / "metrics.json").read_text())
     assert metrics["documents_facts"] == 40 + 20 and metrics["passages"] > 60
-    assert "read 4" in result.stderr and "passages" in result.stderr  # what it read, kept and wrote
+    assert f"index: read {metrics['documents']} documents from 2 sources" in result.stderr  # read, kept, wrote
+    assert f"-> {metrics['passages']} passages (0 duplicates dropped)" in result.stderr
     assert (tmp_path / "run" / "index" / "config.yaml").is_file()
     broken = tmp_path / "broken.sqlite"
     broken.write_bytes(b"not a database" * 100)
