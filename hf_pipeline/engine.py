@@ -175,7 +175,9 @@ class Engine:
 
         A model trained with tools (its ``chat_config.json`` has ``tools``) reads a last line of the system message
         that says whether tools are on: the engine adds ``Tools: python, search.`` when it has tools registered,
-        ``Tools: none.`` when not, unless the system message already has a ``Tools:`` line."""
+        ``Tools: none.`` to the model's default system message when not (a prompt with a system message of its own,
+        e.g. the practice problems' that grpo trains on, is left as trained), unless the system message already has
+        a ``Tools:`` line."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError("the tokenizer has no chat template")
         return self.tokenizer.apply_chat_template(self.tool_switch(messages), tokenize=False,
@@ -184,7 +186,8 @@ class Engine:
     def tool_switch(self, messages: Conversation) -> Conversation:
         """``messages`` with the system message's tool line (see ``render``), for a model trained with one."""
         if not (self.chat_config.get("tools") and messages and messages[0]["role"] == "system"
-                and "Tools:" not in messages[0]["content"]):
+                and "Tools:" not in messages[0]["content"]
+                and (self.tools or messages[0]["content"] == self.chat_config.get("system_message"))):
             return list(messages)
         line = TOOLS_ON if self.tools else TOOLS_OFF
         return [{**messages[0], "content": f"{messages[0]['content']} {line}"}, *messages[1:]]

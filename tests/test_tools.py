@@ -311,6 +311,9 @@ def test_the_call_limit_and_a_failing_tool_come_back_as_output(caller):
     # without tools the engine says so: "Tools: none." (and nothing runs)
     plain = Engine.load(caller)
     assert TOOLS_OFF in plain.render(question) and TOOLS_ON not in plain.render(question)
+    # a system message of its own (grpo's problem prompt) stays as it was trained, unless tools are registered
+    own = [{"role": "system", "content": "Solve the problem."}, question[1]]
+    assert "Tools:" not in plain.render(own) and TOOLS_ON in engine.render(own)
 
 
 def test_chat_session_keeps_the_calls_in_the_history_and_the_cli_shows_them(caller):
