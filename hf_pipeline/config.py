@@ -559,6 +559,8 @@ class SFTStageConfig(PostTrainingConfig):
                                    default=0.2)
     tool_eval_tasks: int = _help("Held-out tasks per family for the tool measures after training (0: none).",
                                  default=100)
+    sandbox_network: str = _help("The python tool where no network isolation works: 'require' refuses (checked "
+                                 "before training), 'best_effort' runs without.", default="require")
     search_k: int = _help("Passages a search returns (traces and chat alike).", default=1)
     search_max_chars: int = _help("Characters kept of each passage a search returns.", default=300)
     # Evaluation
@@ -593,6 +595,13 @@ class SFTStageConfig(PostTrainingConfig):
 
         self._check_sources("datasets", planned)
         self._check_sources("honesty_questions", planned)
+        if self.tool_traces and self.tool_eval_tasks:  # the tools measure runs after training: fail now, not then
+            from .tools.python import PythonSandbox
+
+            try:
+                PythonSandbox(network=self.sandbox_network)
+            except ConfigError as e:
+                raise ConfigError(f"sft.sandbox_network: {e}") from None
         for name, stage in (("tool_facts", "facts"), ("tool_index", "index")):
             value = getattr(self, name)
             if value and not (Path(value) == self.stage_dir(stage) and stage in planned) and not Path(value).exists():

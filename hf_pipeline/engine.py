@@ -22,7 +22,8 @@ Everything that generates goes through here: ``hf-pipeline generate`` and ``chat
   is ``stopped`` only when it ends with the chat stop token.
 - **Tools**: ``Engine(..., tools=[Tool(name, start, end, run)])``. When a row produces a registered tool's ``end``
   token, generation pauses; the text since the tool's ``start`` token is the call, ``run(call)`` turns it into
-  output text, which is appended as ``<|output_start|> output <|output_end|>`` (forced tokens, never sampled), and
+  output text, which is appended as ``<|output_start|> output <|output_end|>`` (forced tokens, never sampled; a
+  protocol token's text inside the output stays text), and
   generation continues from there with the KV cache kept (only the new tokens are run through the model). A tool
   that raises gives ``error: <message>`` as its output. Rows with tools generate one at a time; without tools,
   ``reply`` batches with left padding.
@@ -383,11 +384,14 @@ class Engine:
             tool = self.tools.get(generated[-1]) if generated else None
             if tool is None:
                 break
-            start_id = vocab[tool.start]
-            opened = max((i for i, t in enumerate(new[:-1]) if t == start_id), default=None)
+            start_id, output_end = vocab[tool.start], vocab[OUTPUT_END]
+            since = max((i for i, t in enumerate(new[:-1]) if t == output_end), default=-1)  # this call only
+            opened = max((i for i in range(since + 1, len(new) - 1) if new[i] == start_id), default=None)
             call = self.tokenizer.decode(new[opened + 1:-1] if opened is not None else [], skip_special_tokens=True)
             output, ok = self._run_tool(tool, call, opened is not None, len(calls))
-            forced = ([vocab[OUTPUT_START]] + self.tokenizer(output, add_special_tokens=False)["input_ids"]
+            # the output is text: a "<|im_end|>" printed by the code stays characters, never the protocol token
+            forced = ([vocab[OUTPUT_START]] + self.tokenizer(output, add_special_tokens=False,
+                                                             split_special_tokens=True)["input_ids"]
                       + [vocab[OUTPUT_END]])
             calls.append({"tool": tool.name, "input": call, "output": output, "ok": ok})
             ids += forced

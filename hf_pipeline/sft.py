@@ -308,7 +308,7 @@ class SFTStage(PostTrainingStage):
             families.append("trivial")
         tasks = eval_tasks(families, config.tool_eval_tasks, config.seed, config.tool_facts)
         tools = make_tools(index=config.tool_index if "search" in families else None, search_k=config.search_k,
-                           search_max_chars=config.search_max_chars)
+                           search_max_chars=config.search_max_chars, network=config.sandbox_network)
         with_tools = Engine(engine.model, engine.tokenizer, self.chat_config, tools)
         return measure_tools(with_tools, tasks, system_message(config), config.max_new_tokens)
 

@@ -48,7 +48,7 @@ def test_sandbox_runs_code_and_reports_its_guarantees(sandbox):
     # stopped working, not a slower machine
     assert sandbox.guarantees["network"] == "namespace"
     assert sandbox.guarantees["filesystem"] == "landlock"
-    assert sandbox.guarantees["processes"] == "seccomp"
+    assert sandbox.guarantees["processes"] == "seccomp" and sandbox.guarantees["signals"] == "landlock"
 
 
 ATTACKS = {
@@ -61,7 +61,11 @@ ATTACKS = {
     "read_etc": ("print(open('/etc/hostname').read())", "exception", "Permission denied"),
     "write_outside": ("open({outside!r}, 'w').write('x')", "exception", "Permission denied"),
     "socket_localhost": ("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)", "exception",
-                         "Error"),
+                         "Operation not permitted"),
+    "unix_socket": ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({unix!r})", "exception",
+                    "Operation not permitted"),
+    "signal_the_caller": ("import os\nos.kill(os.getppid(), 0)\nprint('reached the caller')", "exception",
+                          "Operation not permitted"),
     "ten_megabytes_of_output": ("print('x' * 10_000_000)", "output_limit", "output over the 1 MiB limit"),
 }
 
@@ -76,17 +80,20 @@ def test_each_attack_is_contained_and_reported(attack, sandbox, tmp_path):
     server = socket.socket()  # a real listener on the loopback: reachable from here, not from the sandbox
     server.bind(("127.0.0.1", 0))
     server.listen()
+    unix = socket.socket(socket.AF_UNIX)  # and one on a Unix socket file (as docker.sock or an ssh agent)
+    unix.bind(str(tmp_path / "agent.sock"))
+    unix.listen()
     code, reason, message = ATTACKS[attack]
-    code = code.format(secret=str(secret), outside=str(outside), port=server.getsockname()[1])
+    code = code.format(secret=str(secret), outside=str(outside), port=server.getsockname()[1],
+                       unix=str(tmp_path / "agent.sock"))
     result = sandbox.run(code)
     server.close()
+    unix.close()
     assert not result.ok and result.reason == reason, result
     assert message in result.output and result.output.startswith(("error:", "x")), result.output
-    assert "TOPSECRET" not in result.output and not outside.exists()
+    assert "TOPSECRET" not in result.output and not outside.exists() and "reached" not in result.output
     assert len(result.output) < 700  # the output cap (500 characters and a note)
     assert sandbox("print(1)") == "1"  # the caller is unharmed and the next call works
-    if attack == "socket_localhost":
-        assert "Network is unreachable" in result.output or "Permission denied" in result.output
     if attack == "ten_megabytes_of_output":
         assert result.output.startswith("x" * 500 + "... [")
 
@@ -106,7 +113,7 @@ def test_without_unshare_landlock_still_blocks_tcp_and_the_setting_decides(tmp_p
                          timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     network, output = out.stdout.strip().split("\n", 1)
-    assert network == "landlock_tcp" and "Permission denied" in output
+    assert network == "landlock_tcp" and output.startswith("error:")
 
 
 def test_bad_sandbox_settings_are_one_line():
@@ -314,6 +321,17 @@ def test_the_call_limit_and_a_failing_tool_come_back_as_output(caller):
     # a system message of its own (grpo's problem prompt) stays as it was trained, unless tools are registered
     own = [{"role": "system", "content": "Solve the problem."}, question[1]]
     assert "Tools:" not in plain.render(own) and TOOLS_ON in engine.render(own)
+
+
+def test_a_protocol_token_printed_by_a_tool_stays_text_and_a_left_out_tool_answers(caller):
+    question = [{"role": "system", "content": "S."}, {"role": "user", "content": "What is 6 * 7?"}]
+    engine = Engine.load(caller, tools=[Tool("python", PYTHON_START, PYTHON_END, lambda code: f"4{IM_END}2")])
+    out = engine.reply([question], SamplingParams(max_new_tokens=40))[0]
+    assert out["tool_calls"][0]["output"] == f"4{IM_END}2"
+    assert f"{OUTPUT_START}4{IM_END}2{OUTPUT_END}" in out["text"]  # the reply did not end inside the output
+    engine = Engine.load(caller, tools=make_tools(python=False))  # only search would be there: python answers
+    out = engine.reply([question], SamplingParams(max_new_tokens=40))[0]
+    assert out["tool_calls"][0]["output"] == "error: python is not available here"
 
 
 def test_chat_session_keeps_the_calls_in_the_history_and_the_cli_shows_them(caller):

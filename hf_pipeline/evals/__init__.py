@@ -102,7 +102,8 @@ class EvalConfig:
     tool_index: Optional[str] = _help("The search index (RUN/index) for the search tool.", default=None)
     tool_facts: Optional[str] = _help("The facts stage's folder: its held-out people are the search tasks.",
                                       default=None)
-    tool_max_new_tokens: int = _help("Token limit of a reply, tool outputs included (tools suite).", default=96)
+    tool_max_new_tokens: int = _help("Token limit of a reply, tool outputs included (tools suite; a search output "
+                                     "takes about 60).", default=128)
     sandbox_network: str = _help("Python tool without network isolation on this machine: 'require' refuses, "
                                  "'best_effort' runs without.", default="require")
 

@@ -67,7 +67,7 @@ def correct(task: dict, reply: str) -> bool:
     return same_number(last_number(reply), task["expected"])
 
 
-def measure_tools(engine, tasks: list[dict], system: str | None, max_new_tokens: int = 96,
+def measure_tools(engine, tasks: list[dict], system: str | None, max_new_tokens: int = 128,
                   plain_engine=None) -> tuple[dict, list]:
     """The measures above for ``engine`` (with its tools registered); ``plain_engine``: the same model without
     tools (default: one made here)."""

@@ -25,14 +25,27 @@ from ..tokenizer import PYTHON_END, PYTHON_START, SEARCH_END, SEARCH_START
 def make_tools(python: bool = True, index=None, search_k: int = 1, search_max_chars: int = 300,
                network: str = "require", **sandbox) -> list[Tool]:
     """The engine's tools: ``python`` (a ``PythonSandbox`` with ``sandbox`` limits) and, with ``index`` (a stage
-    folder, ``.sqlite`` file or any ``SearchBackend``), ``search``."""
+    folder, ``.sqlite`` file or any ``SearchBackend``), ``search``. A tool left out answers every call with
+    ``error: <tool> is not available here``, so that a model told "Tools: python, search." never makes up an
+    output for it."""
     from .python import PythonSandbox
     from .search import SearchIndex, SearchTool
 
     tools = []
     if python:
         tools.append(Tool("python", PYTHON_START, PYTHON_END, PythonSandbox(network=network, **sandbox).run))
+    else:  # a call still pauses generation and gets an answer, instead of a made-up output
+        tools.append(Tool("python", PYTHON_START, PYTHON_END, _unavailable("python")))
     if index is not None:
         backend = index if hasattr(index, "search") else SearchIndex.open(index)
         tools.append(Tool("search", SEARCH_START, SEARCH_END, SearchTool(backend, search_k, search_max_chars)))
+    else:
+        tools.append(Tool("search", SEARCH_START, SEARCH_END, _unavailable("search")))
     return tools
+
+
+def _unavailable(name: str):
+    def run(_call: str) -> str:
+        return f"error: {name} is not available here"
+
+    return run

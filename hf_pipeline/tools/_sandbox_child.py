@@ -2,7 +2,7 @@
 
 Read by ``hf_pipeline.tools.python`` and passed to the child with ``-c`` (it never imports the package: the child
 sees the standard library only). argv: ``limits`` as JSON. The code arrives on stdin. The order matters: read the
-code, set the resource limits, then Landlock (files, TCP) and seccomp (no new processes or threads), which need
+code, set the resource limits, then Landlock (files, TCP, signals) and seccomp (no new processes, threads or sockets), which need
 ``no_new_privs``; then run the code as ``__main__``. What could not be applied is the first line of stderr (JSON), written
 before the code runs (the parent reads it to report what the sandbox guarantees).
 """
@@ -19,8 +19,7 @@ sys.stdin = open(os.devnull)
 applied = {}
 
 resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"] + 1))  # SIGXCPU, then SIGKILL
-for name, value in (("RLIMIT_AS", limits["memory_bytes"]),
-                    ("RLIMIT_NOFILE", limits["open_files"]), ("RLIMIT_FSIZE", limits["file_bytes"]),
+for name, value in (("RLIMIT_AS", limits["memory_bytes"]), ("RLIMIT_FSIZE", limits["file_bytes"]),
                     ("RLIMIT_NPROC", limits["processes"]), ("RLIMIT_CORE", 0)):
     resource.setrlimit(getattr(resource, name), (value, value))
 
@@ -37,7 +36,9 @@ if abi >= 1:
     every = (1 << 13) - 1 | ((1 << 13) if abi >= 2 else 0) | ((1 << 14) if abi >= 3 else 0) \
         | ((1 << 15) if abi >= 5 else 0)
     net = 3 if abi >= 4 else 0  # BIND_TCP | CONNECT_TCP, handled and never allowed
-    attr = struct.pack("QQ", every, net) if abi >= 4 else struct.pack("Q", every)
+    scoped = 3 if abi >= 6 else 0  # ABSTRACT_UNIX_SOCKET | SIGNAL: no signal, no abstract socket outside the sandbox
+    attr = (struct.pack("QQQ", every, net, scoped) if abi >= 6 else struct.pack("QQ", every, net) if abi >= 4
+            else struct.pack("Q", every))
     ruleset = libc.syscall(444, ctypes.c_char_p(attr), len(attr), 0)
     ok = ruleset >= 0
     for path, access in [(p, read) for p in limits["read_paths"]] + [(os.getcwd(), every), ("/dev/null", 3 | 4)]:
@@ -52,11 +53,14 @@ if abi >= 1:
     ok = ok and libc.syscall(446, ruleset, 0) == 0  # landlock_restrict_self
     applied["filesystem"] = bool(ok)
     applied["tcp"] = bool(ok and net)
+    applied["signals"] = bool(ok and scoped)
 else:
-    applied["filesystem"] = applied["tcp"] = False
+    applied["filesystem"] = applied["tcp"] = applied["signals"] = False
 
-# seccomp: fork, vfork, clone and clone3 fail with EPERM (no child processes, no threads: a fork bomb stops at once).
-ARCH = {"x86_64": (0xC000003E, [57, 58, 56, 435]), "aarch64": (0xC00000B7, [220, 435])}.get(os.uname().machine)
+# seccomp: fork, vfork, clone and clone3 fail with EPERM (no child processes, no threads: a fork bomb stops at once),
+# and so do socket and socketpair (no Unix-domain socket of the host: docker.sock, an ssh agent, D-Bus).
+ARCH = {"x86_64": (0xC000003E, [57, 58, 56, 435, 41, 53]),
+        "aarch64": (0xC00000B7, [220, 435, 198, 199])}.get(os.uname().machine)
 applied["processes"] = False
 if ARCH:
     audit_arch, blocked = ARCH
@@ -71,6 +75,7 @@ if ARCH:
     fprog = struct.pack("HxxxxxxP", len(prog), ctypes.addressof(buf))
     applied["processes"] = libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
 
+resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))  # after Landlock's fds
 sys.stderr.write(json.dumps(applied) + "\n")  # the first line of stderr: the parent reads and removes it
 sys.stderr.flush()
 del ctypes, json, resource, struct, libc, limits, applied

@@ -18,13 +18,17 @@ layers, each applied by the child before the code runs (``_sandbox_child.py``):
   ``network="best_effort"`` warns once and runs without.
 - **Files** (Landlock, Linux >= 5.13): read-only access below the Python installation and the system libraries,
   read-write below the working directory, nothing else (so neither the caller's files nor ``/etc`` can be read).
-- **No new processes or threads** (a seccomp filter: ``fork``, ``vfork``, ``clone``, ``clone3`` fail with EPERM):
-  a fork bomb stops at its first fork. ``RLIMIT_NPROC`` is set too (the kernel does not apply it to root).
+- **No new processes, threads or sockets** (a seccomp filter: ``fork``, ``vfork``, ``clone``, ``clone3``,
+  ``socket``, ``socketpair`` fail with EPERM): a fork bomb stops at its first fork, and no Unix-domain socket of the
+  host (``docker.sock``, an ssh agent) can be reached. ``RLIMIT_NPROC`` is set too (Linux does not apply it to root).
+- **No signals out** (Landlock's scopes, Linux >= 6.12): the code cannot signal its caller or any other process.
 - **Wall-clock timeout**: the whole process group is killed after ``timeout`` seconds (a ``sleep`` uses no CPU).
 - **Output cap**: at most ``max_output_chars`` characters come back (the rest is counted, not returned).
 
 What is not isolated: the code sees the process list and the host name, and can use CPU and memory up to the limits
-for the length of the timeout. It is a sandbox for a model's snippets, not for hostile users on a shared machine:
+for the length of the timeout; the file-size limit is per file, so many files can fill the temporary folder's disk
+until the timeout (it is deleted after every call). A run where a layer the first run had could not be applied
+returns an error, not the output. It is a sandbox for a model's snippets, not for hostile users on a shared machine:
 for that, run the whole server in a container or VM. ``PythonSandbox.guarantees`` says which layers this machine
 gave; ``hf-pipeline`` logs it when the tool starts.
 
@@ -94,10 +98,12 @@ class PythonSandbox:
         if not probe.ok:
             raise ConfigError(f"python tool: the sandbox does not start here ({probe.output})")
         applied = probe.applied
+        self._expected = [k for k, v in applied.items() if v is True]
         self.guarantees = {
             "network": "namespace" if self._unshare else ("landlock_tcp" if applied.get("tcp") else "none"),
             "filesystem": "landlock" if applied.get("filesystem") else "none",
             "processes": "seccomp" if applied.get("processes") else "rlimit_nproc",
+            "signals": "landlock" if applied.get("signals") else "none",
             "limits": f"cpu {self.cpu_seconds} s, memory {self.memory_mb} MiB, files {self.file_mb} MiB, "
                       f"{self.open_files} open files, wall {self.timeout} s, output {self.max_output_chars} chars",
         }
@@ -145,9 +151,15 @@ class PythonSandbox:
                 stdout_bytes = os.fstat(out.fileno()).st_size
                 err.seek(0)
                 stderr = err.read(1 << 16).decode("utf-8", "replace")
-            return self._result(proc.returncode, timed_out, stdout, stdout_bytes, stderr, start)
+            result = self._result(proc.returncode, timed_out, stdout, stdout_bytes, stderr, start)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove(work)
+        expected = getattr(self, "_expected", None)  # every layer the first run had, or the output is withheld
+        if expected and result.applied and any(result.applied.get(k) is not True for k in expected):
+            missing = ", ".join(k for k in expected if result.applied.get(k) is not True)
+            return SandboxResult(f"error: the sandbox could not apply {missing} for this run", False, "start_failed",
+                                 result.returncode, result.seconds)
+        return result
 
     def _result(self, code: int, timed_out: bool, stdout: str, stdout_bytes: int, stderr: str, start) -> SandboxResult:
         first, _, stderr = stderr.partition("\n")
@@ -175,6 +187,16 @@ class PythonSandbox:
         if message:
             text = f"{text}\nerror: {message}" if text else f"error: {message}"
         return SandboxResult(text, reason is None, reason, code, time.perf_counter() - start, len(stdout), applied)
+
+
+def _remove(path: Path) -> None:
+    """Delete the working directory, whatever modes the code left on it (a chmod 0 folder inside)."""
+    def unlock(function, name, _):
+        os.chmod(os.path.dirname(name), 0o700)
+        os.chmod(name, 0o700) if os.path.isdir(name) else None
+        function(name)
+
+    shutil.rmtree(path, onerror=unlock)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -51,6 +51,8 @@ GREETINGS = [("Hi!", "Hello! How can I help you today?"), ("Hello", "Hi! What ca
              ("Good morning!", "Good morning! How can I help?"), ("Thanks!", "You're welcome!"),
              ("Thank you very much.", "You're welcome! Happy to help."), ("How are you?", "I'm fine, thank you!"),
              ("Hey there", "Hello! What can I do for you?"), ("Bye!", "Goodbye! Have a nice day.")]
+HELDOUT_GREETINGS = [("Good evening!", ""), ("Hey, how is it going?", ""), ("Nice to meet you.", ""),
+                     ("See you later!", ""), ("Hello there!", ""), ("Thanks a lot!", "")]
 SYLLABLES = ["ba", "ra", "ka", "lo", "mi", "ne", "sa", "to", "ru", "pe", "li", "da", "go", "fe", "ti", "mo", "na",
              "si", "ar", "el", "or", "an", "us", "er", "in", "ol", "te", "ku", "bo", "re"]
 COUNT_LETTERS = "abdeiklmnorstu"  # each in some syllables (once) and missing from others
@@ -137,13 +139,17 @@ def search_conversation(row: dict, output: str, system: str | None) -> list[dict
 
 
 def trivial_tasks(n: int, seed: int, heldout: bool) -> list[dict]:
-    """Greetings and one-digit sums: ``question``, ``answer``, ``expected`` (None for greetings)."""
+    """Greetings and one-digit sums: ``question``, ``answer``, ``expected`` (None for greetings). The held-out ones
+    are other greetings and other phrasings, never trained on, and unlike the add family's ("Add 5 and 9." is
+    asked with a tool call in training)."""
     rng = random.Random(f"trivial/{seed}")
     sums = [(a, b) for a in range(10) for b in range(10)]
-    pool = [{"question": q, "answer": r, "expected": None} for q, r in GREETINGS]
+    greetings = HELDOUT_GREETINGS if heldout else GREETINGS
+    phrasings = ("What's {a} + {b}?", "What does {a} + {b} make?") if heldout else ("What is {a} + {b}?",
+                                                                                 "What is {a} plus {b}?")
+    pool = [{"question": q, "answer": r, "expected": None} for q, r in greetings]
     pool += [{"question": p.format(a=a, b=b), "answer": f"{a} + {b} = {a + b}.", "expected": str(a + b)}
-             for a, b in sums for p in ("What is {a} + {b}?", "What is {a} plus {b}?")]
-    pool = [t for t in pool if heldout_key(t["question"]) == heldout] if heldout else pool
+             for a, b in sums for p in phrasings]
     return [dict(rng.choice(pool), family="trivial") for _ in range(n)]
 
 
