@@ -599,7 +599,7 @@ class SFTStageConfig(PostTrainingConfig):
             from .tools.python import PythonSandbox
 
             try:
-                PythonSandbox(network=self.sandbox_network)
+                PythonSandbox(network=self.sandbox_network, announce=False)
             except ConfigError as e:
                 raise ConfigError(f"sft.sandbox_network: {e}") from None
         for name, stage in (("tool_facts", "facts"), ("tool_index", "index")):

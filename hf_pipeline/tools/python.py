@@ -86,6 +86,7 @@ class PythonSandbox:
     processes: int = 1  # RLIMIT_NPROC (seccomp forbids new processes anyway)
     max_output_chars: int = 500
     network: str = "require"  # "require": refuse to start without network isolation; "best_effort": warn, run
+    announce: bool = True  # log the layers this machine gave (False: a check that only wants to know it starts)
 
     def __post_init__(self):
         if self.network not in NETWORK_MODES:
@@ -111,9 +112,10 @@ class PythonSandbox:
         if self.guarantees["network"] == "none" and self.network == "require":
             raise ConfigError("python tool: no network isolation on this machine (neither `unshare -rn` nor "
                               "Landlock TCP rules work); set the tool's network to best_effort to run without")
-        if missing:
+        if missing and self.announce:
             logger.warning("python tool: no %s isolation on this machine; running without it", " or ".join(missing))
-        logger.info("python tool: sandbox %s", ", ".join(f"{k} {v}" for k, v in self.guarantees.items()))
+        if self.announce:
+            logger.info("python tool: sandbox %s", ", ".join(f"{k} {v}" for k, v in self.guarantees.items()))
 
     def __call__(self, code: str) -> str:
         return self.run(code).output
