@@ -232,24 +232,13 @@ class Engine:
     def _complete_with_tools(self, prompt: str, sampling: SamplingParams, stream: bool) -> str:
         import sys
 
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        shown, seen = [""], []
-
-        def show(new):  # print the text as it grows, tool tokens included
-            seen.extend(new)
-            text = self.decode(seen)
-            if len(text) > len(shown[0]) and not text.endswith("\ufffd"):
-                sys.stdout.write(text[len(shown[0]):])
+        result: dict = {}
+        for piece in self._stream_ids(self.tokenizer(prompt, add_special_tokens=False)["input_ids"], sampling,
+                                      result):
+            if stream:
+                sys.stdout.write(piece)
                 sys.stdout.flush()
-                shown[0] = text
-
-        row = self._generate_row(ids, sampling, on_tokens=show if stream else None)["ids"]
-        end = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
-        text = self.decode(row[:end])
-        if stream and len(text) > len(shown[0]):
-            sys.stdout.write(text[len(shown[0]):])
-            sys.stdout.flush()
-        return text
+        return result["text"]
 
     def reply(self, conversations: Sequence[Conversation], sampling: SamplingParams | None = None,
               batch_size: int = 16) -> list[dict]:
@@ -428,6 +417,10 @@ class Engine:
         if sampling.seed is not None:
             set_seed(sampling.seed)
         prompt_ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        yield from self._stream_ids(prompt_ids, sampling, result)
+
+    def _stream_ids(self, prompt_ids: list[int], sampling: SamplingParams, result: dict | None) -> Iterator[str]:
+        """``stream`` after the prompt is tokenized (``complete`` with tools uses it too)."""
         pieces: queue.Queue = queue.Queue()
         stop = threading.Event()
         outcome: dict = {}

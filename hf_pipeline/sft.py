@@ -44,6 +44,7 @@ from pathlib import Path
 from .config import ConfigError, SFTStageConfig
 from .posttrain import PostTrainingStage
 from .tokenizer import IM_END, IM_SEP, IM_START
+from .tools.traces import system_line
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -121,12 +122,6 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
     stats["probe_conversations"] = n_probe
     stats["worked_problems"] = config.worked_problems
     return train, heldout, stats
-
-
-def system_line(system: str | None, tools_on: bool) -> str:
-    from .tools.traces import system_line as line
-
-    return line(system, tools_on)
 
 
 def add_tool_switch(dataset, system: str | None, seed: int):

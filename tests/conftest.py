@@ -32,6 +32,28 @@ def run_cli(*args, env: dict | None = None, cwd: Path = ROOT, timeout: int = 600
     )
 
 
+def memorise(tokenizer, texts: list[str], steps: int, max_loss: float):
+    """A 1-layer Llama (96 wide) trained here on ``texts`` until it recites them (loss below ``max_loss``)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from hf_pipeline.model import model_config
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(model_config(1, len(tokenizer), 96, 32, 32, eos_token_id=tokenizer.eos_token_id,
+                                          pad_token_id=tokenizer.pad_token_id))
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < max_loss, loss.item()
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder with a real tokenizer (BPE on tinyshakespeare) and a tiny model pretrained on it for a few steps."""

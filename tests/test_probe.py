@@ -9,10 +9,9 @@ from collections import Counter
 
 import datasets
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoTokenizer
 
-from conftest import MIRROR, run_cli
+from conftest import MIRROR, memorise, run_cli
 from hf_pipeline import facts, probe
 from hf_pipeline.config import REFUSAL, ConfigError, FactsConfig, ProbeConfig, build_config
 from hf_pipeline.evals.honesty import honesty_metrics
@@ -126,21 +125,8 @@ def memorised(tiny_run, tmp_path_factory):
     unknown = [r for r in probe_rows if r["exposure"] == 0]
     assert not {r["answer"] for r in known} & {r["answer"] for r in unknown}  # a copied answer cannot be right
     tokenizer = AutoTokenizer.from_pretrained(tiny_run / "tokenizer")
-    torch.manual_seed(0)
-    from hf_pipeline.model import model_config
-
-    model = LlamaForCausalLM(model_config(1, len(tokenizer), 96, 32, 32, eos_token_id=tokenizer.eos_token_id,
-                                          pad_token_id=tokenizer.pad_token_id))
     texts = [f"Q: {r['question']}\nA: {r['answer_prefix']} {r['answer']}.\n\n" for r in known]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    assert loss.item() < 0.1, loss.item()
+    model = memorise(tokenizer, texts, 200, 0.1)
     model_dir = run_dir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

@@ -12,10 +12,9 @@ from collections import Counter
 
 import datasets
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoTokenizer
 
-from conftest import MIRROR, ROOT, run_cli
+from conftest import MIRROR, ROOT, memorise, run_cli
 from hf_pipeline import facts
 from hf_pipeline.config import TOOLS_OFF, TOOLS_ON, ConfigError, FactsConfig
 from hf_pipeline.engine import ChatSession, Engine, SamplingParams, Tool
@@ -258,11 +257,6 @@ def test_template_masks_tool_outputs_out_of_the_loss(tiny_run):
 def caller(tiny_run, tmp_path_factory):
     """A 1-layer chat model that memorised two conversations: one calls python, one answers directly."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_run / "tokenizer")
-    torch.manual_seed(0)
-    from hf_pipeline.model import model_config
-
-    model = LlamaForCausalLM(model_config(1, len(tokenizer), 96, 32, 32, eos_token_id=tokenizer.eos_token_id,
-                                          pad_token_id=tokenizer.pad_token_id))
     system = f"S. {TOOLS_ON}"
     conversations = [
         [{"role": "system", "content": system}, {"role": "user", "content": "What is 6 * 7?"},
@@ -271,16 +265,7 @@ def caller(tiny_run, tmp_path_factory):
         [{"role": "system", "content": system}, {"role": "user", "content": "Hi!"},
          {"role": "assistant", "content": "Hello!"}],
     ]
-    texts = tokenizer.apply_chat_template(conversations, tokenize=False)
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    assert loss.item() < 0.05, loss.item()
+    model = memorise(tokenizer, tokenizer.apply_chat_template(conversations, tokenize=False), 150, 0.05)
     model_dir = tmp_path_factory.mktemp("caller")
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(IM_END)]
     model.save_pretrained(model_dir)
