@@ -69,6 +69,7 @@ RANGES: dict[str, str] = {
     # post-training data and measures
     "problem_min_steps": ">= 1", "problem_max_steps": ">= 1", "problem_max_number": ">= 1", "max_length": ">= 2",
     "sft.language_threshold": "a language score in [0, 1)", "identity_weight": "> 0", "worked_problems": ">= 0",
+    "worked_share": "[0, 1]",
     "eval_generations": ">= 0", "max_new_tokens": ">= 1", "mmlu_limit": ">= -1",
     # facts and probe
     "num_entities": ">= 2", "exposures": ">= 0 (documents per person)", "num_shots": ">= 0", "num_samples": ">= 1", "known_threshold": "(0, 1]",
@@ -463,8 +464,13 @@ class PostTrainingConfig(SharedConfig):
     problem_min_steps: int = _help("Generated problems: fewest arithmetic steps.", default=1)
     problem_max_steps: int = _help("Generated problems: most arithmetic steps.", default=2)
     problem_max_number: int = _help("Generated problems: largest number in a question.", default=20)
-    problem_templates: list[str] = _help("Generated problems: templates to draw from (empty: all; names in "
-                                         "hf_pipeline.problems.TEMPLATES).", default_factory=list)
+    problem_templates: list[str] = _help("Generated problems: templates to draw from (empty: the word problems; "
+                                         "names in hf_pipeline.problems.TEMPLATES, e.g. addition, multiplication: "
+                                         "column arithmetic worked digit by digit).", default_factory=list)
+    problem_instruction: str = _help(
+        "Generated problems: the prompt's instruction. system: a system message asking for the work step by step "
+        "and the '#### N' line; format: the '#### N' line alone (whether to show work is the model's choice); "
+        "suffix: the request appended to the question; none: the bare question.", default="system")
 
     def __post_init__(self):
         super().__post_init__()
@@ -477,6 +483,9 @@ class PostTrainingConfig(SharedConfig):
             for name in self.problem_templates:
                 if name not in TEMPLATES:
                     raise ConfigError(f"{self.stage}.problem_templates: {unknown('template', name, TEMPLATES)}")
+        if self.problem_instruction not in ("system", "format", "suffix", "none"):
+            raise ConfigError(f"{self.stage}.problem_instruction: {self.problem_instruction!r} is not one of system, "
+                              "format, suffix, none")
 
     def lora_config(self, trainable_token_indices: list[int] | None = None):
         """The ``peft.LoraConfig`` of these fields; ``trainable_token_indices``: tokens whose embeddings train too."""
@@ -492,7 +501,7 @@ class PostTrainingConfig(SharedConfig):
     def problem_dial(self) -> dict:
         """The generator's arguments (``generate_problems``), the seed aside."""
         return dict(steps=(self.problem_min_steps, self.problem_max_steps), max_number=self.problem_max_number,
-                    templates=self.problem_templates or None)
+                    templates=self.problem_templates or None, instruction=self.problem_instruction)
 
 
 @dataclass
@@ -528,6 +537,11 @@ class SFTStageConfig(PostTrainingConfig):
         "Generated arithmetic word problems with worked solutions mixed in (0: none): the prompt the grpo stage "
         "sends, then intermediate results and '#### N'. Drawn with seed + 1 from the generator's training split: "
         "another draw than GRPO's practice problems, and never one of its held-out problems.", default=0
+    )
+    worked_share: float = _help(
+        "Share of the worked problems shown with their worked solution; the others answer directly ('#### N' "
+        "alone). Below 1 the model learns both forms, and greedy decoding picks the more frequent one: RL can find "
+        "which form pays.", default=1.0
     )
     system_message: Optional[str] = _help(
         "Default system message put before every training conversation and used by chat (none: no system "

@@ -26,9 +26,16 @@ resume included, is hf_pipeline.posttrain's):
     passk_before/after, k         share of held-out problems solved by at least one of k sampled completions
     sample_accuracy_before/after  share of those k x problems samples that are correct (sampled pass@1)
     mean_completion_tokens_*      mean length of the greedy completions in tokens (stop token excluded)
+    worked_share_before/after     share of greedy completions that show intermediate results
+    sample_worked_share_*, sample_mean_tokens_*   the same for the sampled completions, and their mean length
+    accuracy_worked_*, accuracy_direct_*          sampled completions of each form (worked / direct): share right
     reward_mean_first/last        mean training reward over the first / last tenth of the logged steps
+    rollout_worked_share_first/last, rollout_mean_length_first/last   the same for the rollouts' share of worked
+                                  replies and their length (the curves of reward_curve.png)
+    guess_accuracy                the most frequent training answer's accuracy on the held-out problems
 also log_history.json (per logging step: reward, rewards/<function>/mean, completion lengths, KL, loss...),
-reward_curve.png (the reward per step), samples.json (greedy completions before and after).
+reward_curve.png (reward, share of worked rollouts and length per step), samples.json (greedy completions before and
+after).
 A killed run resumes from its last checkpoint in RUN/grpo.incomplete/checkpoints/ (the "before" measures too).
 """
 
@@ -67,21 +74,27 @@ def load_problems(config: GRPOStageConfig):
     return train, test, {k: v for k, v in stats.items() if k != "kept"}
 
 
+WORKED_KEY = "rewards/worked_reward/mean"  # the logged mean of rewards.worked_reward: the share of worked rollouts
+
+
 def plot_reward_curve(log_history: list[dict], path: Path) -> None:
-    """reward_curve.png: the mean (weighted) reward and each reward function's mean per logging step, and the
-    mean completion length."""
+    """reward_curve.png, three panels over the training steps: the mean (weighted) reward and each reward
+    function's mean; the share of rollouts that show intermediate results; the mean completion length."""
     from matplotlib.figure import Figure
 
     logs = [h for h in log_history if "reward" in h]
     steps = [h["step"] for h in logs]
-    fig = Figure(figsize=(10, 4), dpi=100)
-    ax, ax_len = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 4), dpi=100)
+    ax, ax_worked, ax_len = fig.subplots(1, 3)
     ax.plot(steps, [h["reward"] for h in logs], label="reward (weighted sum)", linewidth=2)
-    for key in sorted({k for h in logs for k in h if k.startswith("rewards/") and k.endswith("/mean")}):
+    for key in sorted({k for h in logs for k in h if k.startswith("rewards/") and k.endswith("/mean")} - {WORKED_KEY}):
         ax.plot(steps, [h.get(key) for h in logs], label=key.split("/")[1], alpha=0.7)
     ax.set(xlabel="step", ylabel="mean reward", title="GRPO training reward")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    ax_worked.plot(steps, [h.get(WORKED_KEY) for h in logs], color="tab:green")
+    ax_worked.set(xlabel="step", ylabel="share", ylim=(-0.02, 1.02), title="rollouts showing intermediate results")
+    ax_worked.grid(alpha=0.3)
     ax_len.plot(steps, [h.get("completions/mean_length") for h in logs], color="tab:gray")
     ax_len.set(xlabel="step", ylabel="tokens", title="mean completion length")
     ax_len.grid(alpha=0.3)
@@ -113,7 +126,9 @@ class GRPOStage(PostTrainingStage):
         self.train, self.test, self.skipped = load_problems(config)
         logger.info("grpo: %d training problems, %d held out (%s); skipped rows: %s", len(self.train),
                     len(self.test), config.problems, self.skipped or "none")
-        self.reward_funcs, self.reward_weights = build_rewards(config.reward_weights, config.length_penalty or None)
+        weights = dict(config.reward_weights)
+        weights.setdefault("worked", 0.0)  # logged only: the share of rollouts that show their work, per step
+        self.reward_funcs, self.reward_weights = build_rewards(weights, config.length_penalty or None)
 
     def make_trainer(self, model, tokenizer, output_dir: str):
         from trl import GRPOConfig, GRPOTrainer
@@ -166,12 +181,24 @@ class GRPOStage(PostTrainingStage):
 
     def stage_metrics(self) -> dict:
         config = self.config
-        rewards = [h["reward"] for h in self.trainer.state.log_history if h.get("reward") is not None]
-        tenth = max(1, len(rewards) // 10)
+        from .evals.problems import guess_accuracy
+
+        logs = [h for h in self.trainer.state.log_history if h.get("reward") is not None]
+        tenth = max(1, len(logs) // 10)
+
+        def first_last(key: str) -> dict:
+            values = [h[key] for h in logs if h.get(key) is not None]
+            return {"first": sum(values[:tenth]) / len(values[:tenth]) if values else None,
+                    "last": sum(values[-tenth:]) / len(values[-tenth:]) if values else None}
+
+        reward, worked, length = first_last("reward"), first_last(WORKED_KEY), first_last("completions/mean_length")
         return {
             "k": config.pass_k,
-            "reward_mean_first": sum(rewards[:tenth]) / tenth if rewards else None,
-            "reward_mean_last": sum(rewards[-tenth:]) / tenth if rewards else None,
+            "reward_mean_first": reward["first"], "reward_mean_last": reward["last"],
+            "rollout_worked_share_first": worked["first"], "rollout_worked_share_last": worked["last"],
+            "rollout_mean_length_first": length["first"], "rollout_mean_length_last": length["last"],
+            # the best constant answer's accuracy on the held-out problems: what guessing can earn
+            "guess_accuracy": guess_accuracy(list(self.train["answer"]), list(self.test["answer"])),
             "problems": config.problems, "num_train_problems": len(self.train),
             "num_test_problems": len(self.test),
             **{f"skipped_{reason}": n for reason, n in sorted(self.skipped.items())},

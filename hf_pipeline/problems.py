@@ -40,11 +40,16 @@ from .rewards import ANSWER_PREFIX, QUESTION_SUFFIX, SYSTEM_PROMPT, answer_line,
 logger = logging.getLogger("hf_pipeline")
 
 __all__ = [
-    "ANSWER_PREFIX", "SYSTEM_PROMPT", "TEMPLATES", "TEST_FRACTION", "generate_problems", "load_gsm8k",
-    "make_prompt", "problem_split", "strip_calculator_annotations", "worked_problem_conversations",
+    "ANSWER_PREFIX", "ARITHMETIC_TEMPLATES", "FORMAT_PROMPT", "SYSTEM_PROMPT", "TEMPLATES", "TEST_FRACTION",
+    "WORD_TEMPLATES", "generate_problems", "load_gsm8k", "make_prompt", "problem_split",
+    "strip_calculator_annotations", "worked_problem_conversations",
 ]
 
-Instruction = Literal["system", "suffix", "none"]
+Instruction = Literal["system", "format", "suffix", "none"]
+
+# The answer format alone, with no request to show work: whether to show it is left to the model (and to RL).
+FORMAT_PROMPT = (f"End with a final line of the form '{ANSWER_PREFIX} <number>' containing only the final numeric "
+                 f"answer, e.g. '{ANSWER_PREFIX} 42'.")
 
 # Fraction of all possible questions that belong to the test split (by hash of the text). Keep it fixed: train and
 # test are disjoint only among sets made with the same value.
@@ -52,15 +57,18 @@ TEST_FRACTION = 0.2
 
 
 def make_prompt(question: str, instruction: Instruction = "system") -> list[dict[str, str]]:
-    """Chat messages for a question: ``"system"`` puts the answer format in a system message, ``"suffix"`` appends it
-    to the question (for chat templates without a system role), ``"none"`` sends the bare question."""
-    if instruction == "system":
-        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    """Chat messages for a question: ``"system"`` puts the answer format and a request to work step by step in a
+    system message (``SYSTEM_PROMPT``), ``"format"`` the answer format alone (``FORMAT_PROMPT``), ``"suffix"``
+    appends the request to the question (for chat templates without a system role), ``"none"`` sends the bare
+    question."""
+    if instruction in ("system", "format"):
+        system = SYSTEM_PROMPT if instruction == "system" else FORMAT_PROMPT
+        return [{"role": "system", "content": system}, {"role": "user", "content": question}]
     if instruction == "suffix":
         return [{"role": "user", "content": question + QUESTION_SUFFIX}]
     if instruction == "none":
         return [{"role": "user", "content": question}]
-    raise ValueError(f"instruction must be 'system', 'suffix' or 'none', not {instruction!r}")
+    raise ValueError(f"instruction must be 'system', 'format', 'suffix' or 'none', not {instruction!r}")
 
 
 def problem_split(question: str, test_fraction: float = TEST_FRACTION) -> str:
@@ -398,7 +406,53 @@ def _remaining(rng: random.Random, steps: int, max_number: int) -> _Problem:
     return _Problem(question, lines, count)
 
 
-TEMPLATES: dict[str, Callable[[random.Random, int, int], _Problem]] = {
+# Column arithmetic: a bare question ("What is 347 + 586?") whose worked solution goes digit by digit, from the
+# ones up, one line per column with the carry ("7 + 6 = 13, write 3, carry 1."). `steps` is the number of digits of
+# the operands (the number of lines), capped by `max_number`. The answers spread over hundreds of values, so a
+# guess pays nothing (`guess_accuracy`), and the work is short steps a small model can learn.
+
+
+def _digits_range(steps: int, max_number: int) -> tuple[int, int]:
+    lo, hi = 10 ** (steps - 1) if steps > 1 else 2, min(10**steps - 1, max_number)
+    if hi < lo:
+        raise _Reject
+    return lo, hi
+
+
+def _column_lines(columns: list[tuple[str, int]]) -> list[str]:
+    """One line per column, ones first: ``(expression without the carry, value)`` -> "e + carry = v, write d,
+    carry c."; the last column writes its whole value."""
+    lines, carry = [], 0
+    for i, (expression, value) in enumerate(columns):
+        total = value + carry
+        expression += f" + {carry}" if carry else ""
+        if i == len(columns) - 1:
+            lines.append(f"{expression} = {total}, write {total}.")
+        else:
+            carry = total // 10
+            lines.append(f"{expression} = {total}, write {total % 10}" + (f", carry {carry}." if carry else "."))
+    return lines
+
+
+def _addition(rng: random.Random, steps: int, max_number: int) -> _Problem:
+    """Two numbers of `steps` digits added column by column."""
+    lo, hi = _digits_range(steps, max_number)
+    a, b = _num(rng, lo, hi), _num(rng, lo, hi)
+    da, db = str(a).zfill(steps)[::-1], str(b).zfill(steps)[::-1]
+    lines = _column_lines([(f"{x} + {y}", int(x) + int(y)) for x, y in zip(da, db)])
+    return _Problem(f"What is {a} + {b}?", lines, a + b)
+
+
+def _multiplication(rng: random.Random, steps: int, max_number: int) -> _Problem:
+    """A number of `steps` digits times a digit from 2 to 9, digit by digit."""
+    lo, hi = _digits_range(steps, max_number)
+    a, b = _num(rng, lo, hi), rng.randint(2, 9)
+    lines = _column_lines([(f"{x} * {b}", int(x) * b) for x in str(a)[::-1]])
+    return _Problem(f"What is {a} * {b}?", lines, a * b)
+
+
+# The word problems: the default set (``templates=None``).
+WORD_TEMPLATES: dict[str, Callable[[random.Random, int, int], _Problem]] = {
     "shopping_total": _shopping_total,
     "unit_price": _unit_price,
     "sharing": _sharing,
@@ -406,6 +460,11 @@ TEMPLATES: dict[str, Callable[[random.Random, int, int], _Problem]] = {
     "distance": _distance,
     "remaining": _remaining,
 }
+ARITHMETIC_TEMPLATES: dict[str, Callable[[random.Random, int, int], _Problem]] = {
+    "addition": _addition,
+    "multiplication": _multiplication,
+}
+TEMPLATES = {**WORD_TEMPLATES, **ARITHMETIC_TEMPLATES}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -433,7 +492,8 @@ def generate_problems(
 
     ``steps``: arithmetic operations per problem (an int, or an inclusive ``(low, high)`` range drawn uniformly);
     ``max_number``: the largest number drawn for quantities, prices, speeds... (answers can be larger);
-    ``templates``: names in ``TEMPLATES`` (default: all); ``instruction``: how the prompt states the answer format
+    ``templates``: names in ``TEMPLATES`` (default: the word problems, ``WORD_TEMPLATES``; for the column arithmetic
+    ones, ``steps`` is the number of digits); ``instruction``: how the prompt states the answer format
     (``make_prompt``). Deterministic: the same arguments give the same dataset, and a larger ``n`` extends a smaller
     one. Train and test never share a question, for any seeds, as long as ``test_fraction`` is the same.
     """
@@ -448,7 +508,7 @@ def generate_problems(
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), not {test_fraction}")
     lo, hi = _steps_range(steps)
-    names = list(templates) if templates is not None else list(TEMPLATES)
+    names = list(templates) if templates is not None else list(WORD_TEMPLATES)
     unknown = [t for t in names if t not in TEMPLATES]
     if unknown or not names:
         raise ValueError(f"unknown templates {unknown}; known: {sorted(TEMPLATES)}")
@@ -496,6 +556,7 @@ def worked_problem_conversations(
     split: Literal["train", "test"] = "train",
     templates: Sequence[str] | None = None,
     instruction: Instruction = "system",
+    worked_share: float = 1.0,
 ):
     """``n`` worked problems as SFT conversations: a ``datasets.Dataset`` with one ``messages`` column.
 
@@ -503,13 +564,21 @@ def worked_problem_conversations(
     message ``SYSTEM_PROMPT`` and the question as the user turn), then the worked solution ending ``#### N`` as the
     assistant's reply, so SFT teaches the format the RL rewards check. The problems are ``generate_problems(n, seed,
     split, steps, max_number, templates, instruction)``: the train split by default, never a test-split question.
+
+    ``worked_share`` < 1: only that share of the problems (drawn at random) shows the worked solution, the others
+    answer directly (``#### N`` alone). The model then knows both forms: how often it picks each, and how often each
+    is right, is what RL can change.
     """
     import datasets
 
+    if not 0.0 <= worked_share <= 1.0:
+        raise ValueError(f"worked_share must be in [0, 1], not {worked_share}")
     problems = generate_problems(n, seed=seed, split=split, steps=steps, max_number=max_number,
                                  templates=templates, instruction=instruction)
-    messages = [prompt + [{"role": "assistant", "content": solution}]
-                for prompt, solution in zip(problems["prompt"], problems["solution"])]
+    rng = random.Random(f"hf_pipeline.problems/{seed}/{split}/forms")
+    messages = [prompt + [{"role": "assistant", "content": solution if rng.random() < worked_share
+                           else answer_line(answer)}]
+                for prompt, solution, answer in zip(problems["prompt"], problems["solution"], problems["answer"])]
     features = datasets.Features(
         {"messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}]})
     return datasets.Dataset.from_dict({"messages": messages}, features=features)

@@ -447,6 +447,19 @@ def work_checks(text: str) -> bool:
     return final_answer is not None and any(numbers_equal(final_answer, r) for r in results if r is not None)
 
 
+def shows_work(text: str) -> bool:
+    """Whether a reply shows intermediate results: an equation ``a op b = c`` before its final answer line (a
+    direct answer, ``#### 933`` alone, shows none)."""
+    before = text.split(ANSWER_PREFIX, 1)[0]
+    return bool(_EQUATION_RE.search(before))
+
+
+def worked_reward(completions: Sequence[Any], **kwargs) -> list[float]:
+    """1.0 where the completion shows intermediate results (``shows_work``), else 0.0. With weight 0 it rewards
+    nothing and its logged mean (``rewards/worked_reward/mean``) is the share of worked replies over training."""
+    return [float(shows_work(completion_text(c))) for c in completions]
+
+
 def checked_correctness_reward(completions: Sequence[Any], answer: Sequence[Any], **kwargs) -> list[float]:
     """1.0 where the final answer is right *and* the work shown reaches it (``work_checks``), else 0.0.
 
@@ -506,6 +519,7 @@ REWARD_FUNCTIONS: dict[str, Callable[..., list[float]]] = {
     "checked_correctness": checked_correctness_reward,
     "format": format_reward,
     "length": length_penalty,
+    "worked": worked_reward,
 }
 
 

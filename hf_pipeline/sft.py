@@ -75,7 +75,7 @@ def build_conversations(config: SFTStageConfig, tokenizer=None):
         from .problems import worked_problem_conversations
 
         parts.append(worked_problem_conversations(config.worked_problems, seed=config.seed + 1,
-                                                  **config.problem_dial()))
+                                                  worked_share=config.worked_share, **config.problem_dial()))
     n_probe = 0
     if config.probe_data:  # the probe stage's answers and refusals
         probe, probe_stats = mix_conversations([{"path": config.probe_data, "weight": config.probe_weight}],

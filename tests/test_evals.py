@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import evaluate
@@ -175,15 +176,20 @@ def test_long_prompts_keep_their_end(tiny_lm, mmlu_validation, caplog):
 
 
 def test_eval_verb_measures_any_model_and_writes_metrics(tiny_run, tmp_path):
-    """bits per byte and pass@k on the tiny base model, by reference, with the functions the stages call."""
+    """bits per byte and pass@k on the tiny base model, by reference, with the functions the stages call; the
+    problems are the column-addition practice family with the format-only instruction, as the grpo stage's."""
     out = run_cli("eval", tiny_run, "--suites", "bpb", "problems", "--bpb_texts", SHAKESPEARE, "--seq_len", "64",
                   "--bpb_max_windows", "8", "--num_problems", "4", "--k", "2", "--max_completion_length", "8",
-                  "--output_dir", tmp_path / "eval")
+                  "--problem_templates", "addition", "--problem_instruction", "format", "--problem_min_steps", "2",
+                  "--problem_max_steps", "2", "--problem_max_number", "99", "--output_dir", tmp_path / "eval")
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["bpb_windows"] == 8 and metrics["bpb_seq_len"] == 64 and 0 < metrics["heldout_bpb"] < 8
-    for key in ("pass1", "passk", "sample_accuracy", "stop_rate"):
+    for key in ("pass1", "passk", "sample_accuracy", "stop_rate", "worked_share", "sample_worked_share"):
         assert 0 <= metrics[key] <= 1, key
+    assert metrics["sample_mean_tokens"] > 0 and "accuracy_worked" in metrics and "accuracy_direct" in metrics
+    samples = json.loads((tmp_path / "eval" / "samples.json").read_text())["problems"]
+    assert len(samples) == 4 and all(re.fullmatch(r"What is \d\d \+ \d\d\?", s["question"]) for s in samples)
     assert metrics["suites"] == ["bpb", "problems"] and (tmp_path / "eval" / "config.yaml").is_file()
     printed = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
     assert printed["heldout_bpb"] == metrics["heldout_bpb"]
@@ -193,4 +199,9 @@ def test_eval_verb_bad_suite_is_one_line(tiny_run, tmp_path):
     out = run_cli("eval", tiny_run, "--suite", "chatt", "--output_dir", tmp_path / "eval")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "hf-pipeline: error: eval.suites: unknown suite 'chatt' (known: bpb, mmlu, chat, problems, honesty, tools)"]
+    assert not (tmp_path / "eval").exists()
+    out = run_cli("eval", tiny_run, "--suites", "problems", "--problem_templates", "adition",
+                  "--output_dir", tmp_path / "eval")
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(
+        "hf-pipeline: error: eval.problem_templates: unknown template 'adition' (known: ")
     assert not (tmp_path / "eval").exists()

@@ -51,7 +51,7 @@ def test_grpo_steps_log_every_reward_and_write_the_stage(grpo_run):
     assert not (stage / "checkpoints").exists() and not (stage / BASELINE_FILE).exists()
     metrics = json.loads((stage / "metrics.json").read_text())
     for name in ("pass1", "pass1_strict", "pass1_checked", "passk", "sample_accuracy", "mean_completion_tokens",
-                 "stop_rate"):
+                 "stop_rate", "worked_share", "sample_worked_share", "sample_mean_tokens"):
         for when in ("before", "after"):
             assert metrics[f"{name}_{when}"] is not None, f"{name}_{when}"
     for name in ("pass1", "passk", "sample_accuracy", "stop_rate"):
@@ -61,6 +61,11 @@ def test_grpo_steps_log_every_reward_and_write_the_stage(grpo_run):
     assert metrics["k"] == 2 and metrics["steps"] == 3
     assert metrics["num_train_problems"] == 16 and metrics["num_test_problems"] == 6 and metrics["skipped_rows"] == 0
     assert metrics["train_seconds"] > 0 and metrics["reward_mean_first"] is not None
+    assert 0 <= metrics["rollout_worked_share_first"] <= 1 and 0 < metrics["rollout_mean_length_last"] <= 16
+    assert 0 <= metrics["guess_accuracy"] <= 1
+    for when in ("before", "after"):  # the accuracy of each form, None where no sample took that form
+        for form in ("worked", "direct"):
+            assert metrics[f"accuracy_{form}_{when}"] is None or 0 <= metrics[f"accuracy_{form}_{when}"] <= 1
     assert metrics["use_lora"] is False and metrics["trainable_params"] == metrics["num_params"]
 
     # One log entry per step with the weighted reward and each reward function's mean.
@@ -69,6 +74,7 @@ def test_grpo_steps_log_every_reward_and_write_the_stage(grpo_run):
     assert [h["step"] for h in steps] == [1, 2, 3]
     for h in steps:
         assert all(key in h for key in REWARD_KEYS), h.keys()
+        assert 0.0 <= h["rewards/worked_reward/mean"] <= 1.0  # logged with weight 0: the share of worked rollouts
         assert 0.0 <= h["rewards/correctness_reward/mean"] <= 1.0
         assert 0.0 <= h["rewards/format_reward/mean"] <= 1.0
         assert -1.0 <= h["rewards/length_penalty/mean"] <= 0.0
@@ -96,7 +102,7 @@ def test_saved_model_stops_at_im_end_and_generates(grpo_run):
     assert out.shape[1] > ids.shape[1]
     samples = json.loads((stage / "samples.json").read_text())
     assert len(samples["before"]) == len(samples["after"]) == 6
-    assert {"question", "answer", "reply", "correct"} <= set(samples["after"][0])
+    assert {"question", "answer", "reply", "correct", "worked"} <= set(samples["after"][0])
 
 
 def test_lora_adapter_saved_loads_with_peft_and_merges(tiny_run, tmp_path):
@@ -198,6 +204,12 @@ def test_bad_grpo_settings_fail_with_one_line(tiny_run, tmp_path):
         build_config("grpo", ["--batch_size", "8", "--num_generations", "1"])
     with pytest.raises(ConfigError, match="grpo.problems"):
         build_config("grpo", ["--model", str(tiny_run), "--problems", str(tmp_path / "none.jsonl")]).check()
+    with pytest.raises(ConfigError, match="grpo.problem_instruction: 'verbose' is not one of system, format"):
+        build_config("grpo", ["--problem_instruction", "verbose"])
+    with pytest.raises(ConfigError, match="sft.worked_share: "):
+        build_config("sft", ["--worked_share", "1.5"])
+    with pytest.raises(ConfigError, match="grpo.problem_templates: unknown template 'adition'"):
+        build_config("grpo", ["--problem_templates", "adition"])
     with pytest.raises(ConfigError, match="sft"):  # no model given and no RUN/sft to start from
         build_config("grpo", ["--output_dir", str(tmp_path / "empty")]).check()
 

@@ -14,11 +14,12 @@ from fractions import Fraction
 
 import pytest
 
+from hf_pipeline.evals.problems import guess_accuracy
 from hf_pipeline.problems import (
-    SYSTEM_PROMPT, TEMPLATES, generate_problems, load_gsm8k, make_prompt, problem_split,
-    worked_problem_conversations,
+    ARITHMETIC_TEMPLATES, FORMAT_PROMPT, SYSTEM_PROMPT, WORD_TEMPLATES, generate_problems, load_gsm8k, make_prompt,
+    problem_split, worked_problem_conversations,
 )
-from hf_pipeline.rewards import ANSWER_PREFIX, correctness_reward, format_reward
+from hf_pipeline.rewards import ANSWER_PREFIX, correctness_reward, format_reward, shows_work, worked_reward
 
 from conftest import MIRROR
 
@@ -81,7 +82,7 @@ def test_columns_prompt_and_answer_types(train_set):
     assert make_prompt("Q?", "none") == [{"role": "user", "content": "Q?"}]
     # Integer answers only, and every template is used.
     assert all(re.fullmatch(r"\d+", a) for a in train_set["answer"])
-    assert {s.split("/", 1)[1] for s in train_set["source"]} == set(TEMPLATES)
+    assert {s.split("/", 1)[1] for s in train_set["source"]} == set(WORD_TEMPLATES)  # the default: word problems
 
 
 def test_train_and_test_are_disjoint(train_set, test_set):
@@ -133,7 +134,7 @@ def test_difficulty_dial_steps_and_numbers():
     assert statistics.mean(map(len, hard["solution"])) > 2 * statistics.mean(map(len, easy["solution"]))
     assert statistics.mean(map(len, hard["question"])) > statistics.mean(map(len, easy["question"]))
     # steps=1 is supported by every template except the unknown unit price (which needs subtract + divide).
-    assert {s.split("/")[1] for s in easy["source"]} == set(TEMPLATES) - {"unit_price"}
+    assert {s.split("/")[1] for s in easy["source"]} == set(WORD_TEMPLATES) - {"unit_price"}
 
     small = generate_problems(300, seed=0, steps=(1, 3), max_number=10)
     big = generate_problems(300, seed=0, steps=(1, 3), max_number=1000)
@@ -236,3 +237,65 @@ def test_load_gsm8k_skips_and_counts_bad_rows(tmp_path):
     # Editing the copy is seen at once (datasets' cache key ignores file content; load_gsm8k rebuilds local mirrors).
     (copy / "main" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good[:5]))
     assert len(load_gsm8k(str(tmp_path / "hub"), cache_dir=cache)) == 5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Column arithmetic: worked digit by digit, or answered directly
+
+
+def test_column_arithmetic_is_worked_digit_by_digit_and_right():
+    rows = generate_problems(600, seed=0, steps=(2, 4), max_number=9999, templates=list(ARITHMETIC_TEMPLATES))
+    assert {s.split("/")[1] for s in rows["source"]} == set(ARITHMETIC_TEMPLATES)
+    for row in rows:
+        a, op, b = re.fullmatch(r"What is (\d+) ([+*]) (\d+)\?", row["question"]).groups()
+        assert int(row["answer"]) == (int(a) + int(b) if op == "+" else int(a) * int(b))
+        lines = row["solution"].split("\n")
+        assert lines[-1] == f"{ANSWER_PREFIX} {row['answer']}" and len(lines) - 1 == row["steps"]
+        assert len(a) == row["steps"] and (op == "*" and len(b) == 1 or len(b) == row["steps"])  # steps = digits
+        written, carry = [], 0
+        for i, line in enumerate(lines[:-1]):  # ones first: "x op y (+ carry) = v, write d(, carry c)."
+            m = re.fullmatch(r"(\d) ([+*]) (\d)(?: \+ (\d))? = (\d+), write (\d+)(?:, carry (\d))?\.", line)
+            assert m, line
+            x, _, y, c, value, write, new_carry = m.groups()
+            assert x == a[::-1][i] and y == (b[::-1][i] if op == "+" else b)  # the column's digits
+            assert int(c or 0) == carry and evaluate_expression(line.split(" =")[0]) == int(value)
+            last = i == len(lines) - 2
+            assert int(write) == (int(value) if last else int(value) % 10)
+            carry = int(new_carry or 0)
+            assert carry == (0 if last else int(value) // 10)
+            written.append(write)
+        assert "".join(reversed(written)) == row["answer"]  # the written digits, read from the last line up
+        assert shows_work(row["solution"]) and not shows_work(lines[-1])
+
+
+def test_column_arithmetic_cannot_be_guessed_and_keeps_the_dial():
+    dial = dict(steps=3, max_number=999, templates=["addition", "multiplication"], instruction="format")
+    train, test = generate_problems(2000, seed=0, **dial), generate_problems(400, seed=0, split="test", **dial)
+    assert not set(train["question"]) & set(test["question"])
+    assert guess_accuracy(train["answer"], test["answer"]) < 0.01  # the best constant answer earns nothing
+    assert len(set(test["answer"])) > 300
+    assert test[0]["prompt"] == [{"role": "system", "content": FORMAT_PROMPT},
+                                 {"role": "user", "content": test[0]["question"]}]
+    assert ANSWER_PREFIX in FORMAT_PROMPT and "step" not in FORMAT_PROMPT  # the format, not a request to show work
+    small = generate_problems(200, seed=0, steps=2, max_number=50, templates=["addition"])
+    assert all(10 <= int(n) <= 50 for q in small["question"] for n in re.findall(r"\d+", q))
+    with pytest.raises(ValueError, match="made only 0"):  # 3 digits cannot stay below 50: the dial says so
+        generate_problems(5, seed=0, steps=3, max_number=50, templates=["addition"])
+    assert guess_accuracy(["7", "7", "8"], ["7", "9"]) == 0.5
+
+
+def test_worked_share_mixes_worked_and_direct_answers():
+    dial = dict(steps=3, max_number=999, templates=["addition"], instruction="format")
+    mixed = worked_problem_conversations(1000, seed=3, worked_share=0.3, **dial)
+    replies = [m[-1]["content"] for m in mixed["messages"]]
+    worked = worked_reward([[{"role": "assistant", "content": r}] for r in replies])
+    assert 0.25 < sum(worked) / len(worked) < 0.35
+    problems = generate_problems(1000, seed=3, **dial)
+    for reply, w, solution, answer in zip(replies, worked, problems["solution"], problems["answer"]):
+        assert reply == (solution if w else f"{ANSWER_PREFIX} {answer}")  # the direct form: the answer line alone
+    assert all(shows_work(m[-1]["content"])
+               for m in worked_problem_conversations(50, seed=3, **dial)["messages"])  # default: all worked
+    assert not any(shows_work(m[-1]["content"])
+                   for m in worked_problem_conversations(50, seed=3, worked_share=0.0, **dial)["messages"])
+    with pytest.raises(ValueError, match="worked_share"):
+        worked_problem_conversations(5, worked_share=1.5)

@@ -83,6 +83,10 @@ class EvalConfig:
     problem_min_steps: int = _help("Generated problems: fewest arithmetic steps.", default=1)
     problem_max_steps: int = _help("Generated problems: most arithmetic steps.", default=2)
     problem_max_number: int = _help("Generated problems: largest number in a question.", default=20)
+    problem_templates: list[str] = _help("Generated problems: templates (empty: the word problems; addition, "
+                                         "multiplication: column arithmetic).", default_factory=list)
+    problem_instruction: str = _help("Generated problems: the prompt's instruction (system, format, suffix, none; "
+                                     "as the grpo stage's).", default="system")
 
     # honesty
     honesty_questions: Optional[str] = _help("Held-out questions with answers (a facts stage folder, or any "
@@ -118,6 +122,16 @@ class EvalConfig:
             raise ConfigError("eval.bpb_texts: the bpb suite needs texts to measure on")
         if "honesty" in self.suites and not self.honesty_questions:
             raise ConfigError("eval.honesty_questions: the honesty suite needs questions with answers")
+        if "problems" in self.suites:
+            from ..problems import TEMPLATES
+
+            for name in self.problem_templates:
+                if name not in TEMPLATES:
+                    raise ConfigError(f"eval.problem_templates: unknown template '{name}' (known: "
+                                      f"{', '.join(TEMPLATES)})")
+            if self.problem_instruction not in ("system", "format", "suffix", "none"):
+                raise ConfigError(f"eval.problem_instruction: {self.problem_instruction!r} is not one of system, "
+                                  "format, suffix, none")
         if "tools" in self.suites:
             from ..tools.traces import EVAL_FAMILIES
 
@@ -227,7 +241,8 @@ def _problems(engine, config: EvalConfig, work: Path):
     if config.problems == "generated":
         rows = generate_problems(config.num_problems, seed=config.seed, split="test",
                                  steps=(config.problem_min_steps, config.problem_max_steps),
-                                 max_number=config.problem_max_number)
+                                 max_number=config.problem_max_number, templates=config.problem_templates or None,
+                                 instruction=config.problem_instruction)
     else:
         rows = load_gsm8k(config.mirror, split="test", limit=config.num_problems, dataset=config.problems)
     return pass_at_k(engine, rows, k=config.k, max_new_tokens=config.max_completion_length,
