@@ -257,7 +257,9 @@ def test_registry_and_build_rewards_for_grpo():
     assert funcs[2](["x" * 20]) == [-1.0]  # the configured target, not the registry's default
     # TRL's async rollout worker pickles reward functions into a spawned process
     assert [pickle.loads(pickle.dumps(f))(["x" * 20], answer=["20"]) for f in funcs] == [[0.0], [0.0], [-1.0]]
-    assert set(REWARD_FUNCTIONS) == {"correctness", "checked_correctness", "format", "length"}
+    assert set(REWARD_FUNCTIONS) == {"correctness", "checked_correctness", "format", "length", "worked"}
+    worked = [[{"role": "assistant", "content": "7 + 6 = 13, write 3.\n#### 13"}], "#### 13"]
+    assert REWARD_FUNCTIONS["worked"](worked) == [1.0, 0.0]  # intermediate results shown / a direct answer
     assert REWARD_FUNCTIONS["length"](["x" * 20]) == [0.0]
     with pytest.raises(ValueError, match="did you mean 'correctness'"):
         build_rewards({"corectness": 1.0})

@@ -67,7 +67,8 @@ def test_default_inputs_resolve_from_the_table(tmp_path):
          "grpo.reward_weights: unknown reward function 'corectness' (did you mean 'correctness'?)"),
         (["--reward_weights", '{"correctness": "high"}'], "grpo.reward_weights.correctness: expected a number, got 'high'"),
         (["--reward_weights", "{}"],
-         "grpo.reward_weights: name at least one reward function (correctness, checked_correctness, format, length)"),
+         "grpo.reward_weights: name at least one reward function (correctness, checked_correctness, format, length, "
+         "worked)"),
         (["--length_penalty", '{"targt": 200}'], "grpo.length_penalty: unknown argument 'targt' (did you mean 'target'?)"),
         (["--length_penalty", '{"unit": "words"}'], "grpo.length_penalty: unit must be 'chars' or 'tokens', not 'words'"),
         (["--problem_templates", "sharing", "agse"], "grpo.problem_templates: unknown template 'agse' (did you mean 'ages'?)"),
