@@ -477,15 +477,7 @@ class PostTrainingConfig(SharedConfig):
         if not 1 <= self.problem_min_steps <= self.problem_max_steps:
             raise ConfigError(f"{self.stage}.problem_min_steps/problem_max_steps: need 1 <= min <= max, not "
                               f"{self.problem_min_steps}, {self.problem_max_steps}")
-        if self.problem_templates:
-            from .problems import TEMPLATES  # here, not at the top: problems imports rewards, which loads math-verify
-
-            for name in self.problem_templates:
-                if name not in TEMPLATES:
-                    raise ConfigError(f"{self.stage}.problem_templates: {unknown('template', name, TEMPLATES)}")
-        if self.problem_instruction not in ("system", "format", "suffix", "none"):
-            raise ConfigError(f"{self.stage}.problem_instruction: {self.problem_instruction!r} is not one of system, "
-                              "format, suffix, none")
+        check_problem_dial(self.stage, self.problem_templates, self.problem_instruction)
 
     def lora_config(self, trainable_token_indices: list[int] | None = None):
         """The ``peft.LoraConfig`` of these fields; ``trainable_token_indices``: tokens whose embeddings train too."""
@@ -502,6 +494,21 @@ class PostTrainingConfig(SharedConfig):
         """The generator's arguments (``generate_problems``), the seed aside."""
         return dict(steps=(self.problem_min_steps, self.problem_max_steps), max_number=self.problem_max_number,
                     templates=self.problem_templates or None, instruction=self.problem_instruction)
+
+
+PROBLEM_INSTRUCTIONS = ("system", "format", "suffix", "none")  # hf_pipeline.problems.make_prompt's styles
+
+
+def check_problem_dial(prefix: str, templates: list[str], instruction: str) -> None:
+    """One line for an unknown problem template or instruction (the post-training stages' and eval's fields)."""
+    if templates:
+        from .problems import TEMPLATES  # here, not at the top: problems imports rewards, which loads math-verify
+
+        for name in templates:
+            if name not in TEMPLATES:
+                raise ConfigError(f"{prefix}.problem_templates: {unknown('template', name, TEMPLATES)}")
+    if instruction not in PROBLEM_INSTRUCTIONS:
+        raise ConfigError(f"{prefix}.problem_instruction: {unknown('instruction', instruction, PROBLEM_INSTRUCTIONS)}")
 
 
 @dataclass

@@ -202,6 +202,6 @@ def test_eval_verb_bad_suite_is_one_line(tiny_run, tmp_path):
     assert not (tmp_path / "eval").exists()
     out = run_cli("eval", tiny_run, "--suites", "problems", "--problem_templates", "adition",
                   "--output_dir", tmp_path / "eval")
-    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(
-        "hf-pipeline: error: eval.problem_templates: unknown template 'adition' (known: ")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "hf-pipeline: error: eval.problem_templates: unknown template 'adition' (did you mean 'addition'?)"]
     assert not (tmp_path / "eval").exists()

@@ -204,7 +204,8 @@ def test_bad_grpo_settings_fail_with_one_line(tiny_run, tmp_path):
         build_config("grpo", ["--batch_size", "8", "--num_generations", "1"])
     with pytest.raises(ConfigError, match="grpo.problems"):
         build_config("grpo", ["--model", str(tiny_run), "--problems", str(tmp_path / "none.jsonl")]).check()
-    with pytest.raises(ConfigError, match="grpo.problem_instruction: 'verbose' is not one of system, format"):
+    with pytest.raises(ConfigError, match=r"grpo.problem_instruction: unknown instruction 'verbose' \(known: system, "
+                                          r"format, suffix, none\)"):
         build_config("grpo", ["--problem_instruction", "verbose"])
     with pytest.raises(ConfigError, match="sft.worked_share: "):
         build_config("sft", ["--worked_share", "1.5"])

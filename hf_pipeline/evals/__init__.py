@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import MIRROR_ENV, REFUSAL, ConfigError, _help, check_ranges
+from ..config import MIRROR_ENV, REFUSAL, ConfigError, _help, check_problem_dial, check_ranges
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -123,15 +123,7 @@ class EvalConfig:
         if "honesty" in self.suites and not self.honesty_questions:
             raise ConfigError("eval.honesty_questions: the honesty suite needs questions with answers")
         if "problems" in self.suites:
-            from ..problems import TEMPLATES
-
-            for name in self.problem_templates:
-                if name not in TEMPLATES:
-                    raise ConfigError(f"eval.problem_templates: unknown template '{name}' (known: "
-                                      f"{', '.join(TEMPLATES)})")
-            if self.problem_instruction not in ("system", "format", "suffix", "none"):
-                raise ConfigError(f"eval.problem_instruction: {self.problem_instruction!r} is not one of system, "
-                                  "format, suffix, none")
+            check_problem_dial("eval", self.problem_templates, self.problem_instruction)
         if "tools" in self.suites:
             from ..tools.traces import EVAL_FAMILIES
 

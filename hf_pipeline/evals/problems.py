@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ..engine import Engine, SamplingParams
 
 
@@ -28,6 +30,7 @@ def pass_at_k(engine: Engine, problems, k: int, max_new_tokens: int, temperature
     greedy = engine.reply(prompts, SamplingParams(max_new_tokens=max_new_tokens), batch_size=batch_size)
     scores = load_metric("gsm8k_accuracy").compute(predictions=[g["reply"] for g in greedy], references=answers)
     greedy_right = [is_correct(g["reply"], a) for g, a in zip(greedy, answers)]
+    greedy_worked = [shows_work(g["reply"]) for g in greedy]
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0, seed=seed)
     sampled = engine.reply([p for p in prompts for _ in range(k)], sampling, batch_size=batch_size)
     correct = [is_correct(s["reply"], answers[i // k]) for i, s in enumerate(sampled)]
@@ -41,14 +44,15 @@ def pass_at_k(engine: Engine, problems, k: int, max_new_tokens: int, temperature
         "sample_accuracy": sum(correct) / len(correct),
         "mean_completion_tokens": sum(g["tokens"] for g in greedy) / len(greedy),
         "stop_rate": sum(g["stopped"] for g in greedy) / len(greedy),
-        "worked_share": sum(shows_work(g["reply"]) for g in greedy) / len(greedy),
+        "worked_share": sum(greedy_worked) / len(greedy),
         "sample_worked_share": sum(worked) / len(worked),
         "sample_mean_tokens": sum(s["tokens"] for s in sampled) / len(sampled),
         "accuracy_worked": _share([c for c, w in zip(correct, worked) if w]),
         "accuracy_direct": _share([c for c, w in zip(correct, worked) if not w]),
     }
-    samples = [{"question": q, "answer": a, "reply": g["reply"], "correct": right, "worked": shows_work(g["reply"])}
-               for q, a, g, right in list(zip(problems["question"], answers, greedy, greedy_right))[:n_samples]]
+    samples = [{"question": q, "answer": a, "reply": g["reply"], "correct": right, "worked": w}
+               for q, a, g, right, w in list(zip(problems["question"], answers, greedy, greedy_right,
+                                                 greedy_worked))[:n_samples]]
     return metrics, samples
 
 
@@ -59,8 +63,6 @@ def _share(flags: list[bool]) -> float | None:
 def guess_accuracy(train_answers, test_answers) -> float:
     """How much guessing pays: the share of ``test_answers`` equal to the most frequent of ``train_answers`` (the
     best constant answer a policy could learn from the training problems)."""
-    from collections import Counter
-
     if not train_answers or not test_answers:
         return 0.0
     guess = Counter(train_answers).most_common(1)[0][0]
