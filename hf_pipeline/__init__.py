@@ -35,7 +35,8 @@ _EXPORTS = {
     "SharedConfig": "config", "Source": "config", "ConfigError": "config", "DataConfig": "config",
     "TokenizerConfig": "config", "PretrainConfig": "config", "PostTrainingConfig": "config",
     "SFTStageConfig": "config", "GRPOStageConfig": "config", "FactsConfig": "config", "ProbeConfig": "config",
-    "IndexConfig": "config", "build_config": "config", "load_recipe": "config",
+    "IndexConfig": "config", "RankConfig": "config", "RewardStageConfig": "config", "RLHFStageConfig": "config",
+    "DPOStageConfig": "config", "build_config": "config", "load_recipe": "config",
     # inference
     "Engine": "engine", "SamplingParams": "engine", "Tool": "engine", "ChatSession": "engine", "chat": "engine",
     # evaluation

@@ -82,6 +82,11 @@ RANGES: dict[str, str] = {
     # tools and the search index
     "passage_words": ">= 1", "tools_off_share": "[0, 1]", "tool_eval_tasks": ">= 0", "max_tool_calls": ">= 0",
     "search_k": ">= 1", "search_max_chars": ">= 1", "tool_tasks": ">= 1", "tool_max_new_tokens": ">= 1",
+    # rank, reward, rlhf, dpo
+    "rank.k": ">= 2 (a ranking needs two rollouts)", "port": "[0, 65535]", "top_p": "(0, 1]",
+    "preference_heldout": "[0, 1)", "rank.heldout_fraction": "[0, 1)", "eval_limit": ">= -1",
+    "center_rewards_coefficient": ">= 0", "judge_prompts": ">= -1", "judge_samples": ">= 1",
+    "unfinished_penalty": "[-10, 0]", "guard_steps": ">= 1", "guard_prompts": ">= 1", "patience": ">= 1",
     # hf-pipeline eval (evals.EvalConfig)
     "num_prompts": ">= 1", "num_problems": ">= 1", "k": ">= 1", "bpb_max_windows": ">= -1",
 }
@@ -179,7 +184,7 @@ class SharedConfig:
             check_dataset_ref(value, self.mirror, what=where)
             return
         try:
-            (resolve_model if artifact == "model" else resolve_tokenizer)(value)
+            (resolve_tokenizer if artifact == "tokenizer" else resolve_model)(value)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
@@ -479,13 +484,14 @@ class PostTrainingConfig(SharedConfig):
                               f"{self.problem_min_steps}, {self.problem_max_steps}")
         check_problem_dial(self.stage, self.problem_templates, self.problem_instruction)
 
-    def lora_config(self, trainable_token_indices: list[int] | None = None):
-        """The ``peft.LoraConfig`` of these fields; ``trainable_token_indices``: tokens whose embeddings train too."""
+    def lora_config(self, trainable_token_indices: list[int] | None = None, task_type: str = "CAUSAL_LM"):
+        """The ``peft.LoraConfig`` of these fields; ``trainable_token_indices``: tokens whose embeddings train too;
+        ``task_type`` SEQ_CLS for a reward model (peft then trains its score head in full)."""
         from peft import LoraConfig
 
         targets = self.lora_target_modules
         return LoraConfig(
-            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, task_type="CAUSAL_LM",
+            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, task_type=task_type,
             target_modules="all-linear" if targets == ["all-linear"] else targets,
             trainable_token_indices=trainable_token_indices or None,
         )
@@ -717,13 +723,45 @@ class ProbeConfig(SharedConfig):
 
 
 @dataclass
-class GRPOStageConfig(PostTrainingConfig):
-    """RL on verifiable problems with TRL GRPOTrainer: reward functions check the final answer.
+class RLConfig(PostTrainingConfig):
+    """Fields of the stages that train with TRL's GRPOTrainer (grpo, rlhf): rollouts and the objective.
 
-    ``batch_size`` counts completions (not problems) per device and micro-step, as in TRL: one optimizer step sees
-    ``batch_size * gradient_accumulation_steps / num_generations`` problems, so that product must be a multiple of
+    ``batch_size`` counts completions (not prompts) per device and micro-step, as in TRL: one optimizer step sees
+    ``batch_size * gradient_accumulation_steps / num_generations`` prompts, so that product must be a multiple of
     ``num_generations``.
     """
+
+    num_generations: int = _help("Group size: completions sampled per prompt.", default=8)
+    beta: float = _help("KL coefficient against the starting model (0: no reference model).", default=0.0)
+    temperature: float = _help("Sampling temperature of the rollouts.", default=1.0)
+    max_completion_length: int = _help("Tokens per completion (rollouts and evaluation).", default=128)
+    loss_type: str = _help("GRPO loss: grpo, bnpo, dr_grpo, dapo...", default="dapo")
+    scale_rewards: str = _help("Advantage scaling: group (divide by the group's std), batch or none (Dr. GRPO).",
+                               default="group")
+    num_iterations: int = _help("Optimisation passes over each batch of rollouts (mu in the GRPO paper).", default=1)
+    freeze_embeddings: bool = _help(
+        "Keep the input embeddings and the LM head fixed (full fine-tuning only). Adam gives every row of the LM "
+        "head a full-size step, even rows of tokens the policy never samples, and at learning rates that move "
+        "the rest of a small model these rows rise into its replies as junk tokens.", default=False
+    )
+    use_vllm: bool = _help("Generate rollouts with vLLM (colocated; GPU and `pip install vllm` needed).",
+                           default=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        completions = self.batch_size * self.gradient_accumulation_steps
+        if completions % self.num_generations:
+            raise ConfigError(
+                f"{self.stage}.batch_size: batch_size x gradient_accumulation_steps ({completions} completions) must "
+                f"be a multiple of num_generations ({self.num_generations})"
+            )
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ConfigError(f"{self.stage}.scale_rewards: group, batch or none, not {self.scale_rewards!r}")
+
+
+@dataclass
+class GRPOStageConfig(RLConfig):
+    """RL on verifiable problems with TRL GRPOTrainer: reward functions check the final answer."""
 
     stage: ClassVar[str] = "grpo"
 
@@ -736,15 +774,6 @@ class GRPOStageConfig(PostTrainingConfig):
     problems_split: str = _help("Dataset split the training and held-out problems are drawn from.", default="train")
     num_train_problems: int = _help("Training problems.", default=1000)
     num_test_problems: int = _help("Held-out problems for pass@1 / pass@k.", default=100)
-    # GRPO
-    num_generations: int = _help("Group size: completions sampled per problem.", default=8)
-    beta: float = _help("KL coefficient against the starting model (0: no reference model).", default=0.0)
-    temperature: float = _help("Sampling temperature of the rollouts.", default=1.0)
-    max_completion_length: int = _help("Tokens per completion (rollouts and evaluation).", default=128)
-    loss_type: str = _help("GRPO loss: grpo, bnpo, dr_grpo, dapo...", default="dapo")
-    scale_rewards: str = _help("Advantage scaling: group (divide by the group's std), batch or none (Dr. GRPO).",
-                               default="group")
-    num_iterations: int = _help("Optimisation passes over each batch of rollouts (mu in the GRPO paper).", default=1)
     reward_weights: dict = _help(
         "Reward functions and their weights, e.g. {correctness: 1.0, format: 0.2, length: 0.0}.",
         default_factory=lambda: {"correctness": 1.0, "format": 0.2},
@@ -753,13 +782,6 @@ class GRPOStageConfig(PostTrainingConfig):
         "Arguments of the length reward (rewards.make_length_penalty), e.g. {target: 200, unit: tokens}.",
         default_factory=dict,
     )
-    freeze_embeddings: bool = _help(
-        "Keep the input embeddings and the LM head fixed (full fine-tuning only). Adam gives every row of the LM "
-        "head a full-size step, even rows of tokens the policy never samples, and at learning rates that move "
-        "the rest of a small model these rows rise into its replies as junk tokens.", default=False
-    )
-    use_vllm: bool = _help("Generate rollouts with vLLM (colocated; GPU and `pip install vllm` needed).",
-                           default=False)
     # Evaluation
     pass_k: int = _help("k of pass@k.", default=8)
     eval_temperature: float = _help("Sampling temperature for pass@k.", default=1.0)
@@ -767,14 +789,6 @@ class GRPOStageConfig(PostTrainingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        completions = self.batch_size * self.gradient_accumulation_steps
-        if completions % self.num_generations:
-            raise ConfigError(
-                f"grpo.batch_size: batch_size x gradient_accumulation_steps ({completions} completions) must be a "
-                f"multiple of num_generations ({self.num_generations})"
-            )
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ConfigError(f"grpo.scale_rewards: group, batch or none, not {self.scale_rewards!r}")
         self._check_rewards()
 
     def _check_rewards(self) -> None:
@@ -807,6 +821,162 @@ class GRPOStageConfig(PostTrainingConfig):
         if self.problems != "generated":
             check_dataset_ref(self.problems, self.mirror, what="grpo.problems")
         super().check(planned)  # model
+
+
+@dataclass
+class RankConfig(SharedConfig):
+    """Rollouts of the SFT model ranked by a person (terminal or web page) or a judge, as preference pairs."""
+
+    stage: ClassVar[str] = "rank"
+
+    model: Optional[str] = _help("Model whose rollouts are ranked (default: RUN/sft).", default=None)
+    prompts: str = _help("'generated' (short requests about topics: 'Write a sentence about cats.'; held-out topics "
+                         "apart) or a dataset id/path with a prompt column.", default="generated")
+    prompt_column: str = _help("Column of the prompts in a prompts dataset.", default="prompt")
+    num_prompts: int = _help("Prompts rolled out and ranked.", default=800)
+    heldout_fraction: float = _help("Share of the prompts (by topic) whose pairs are held out.", default=0.25)
+    k: int = _help("Rollouts per prompt (InstructGPT ranked 4 to 9).", default=4)
+    temperature: float = _help("Sampling temperature of the rollouts.", default=1.0)
+    top_p: Optional[float] = _help("Nucleus sampling of the rollouts (none: off).", default=None)
+    max_new_tokens: int = _help("Token limit of a rollout (one that reaches it is unfinished).", default=48)
+    batch_size: int = _help("Rollouts per generate call.", default=64)
+    judge: Optional[str] = _help("Scripted labeller: gold (the tiny recipe's preference), module:function, or a "
+                                 "reward model folder; none: a person ranks (ui).", default=None)
+    ui: Literal["terminal", "web"] = _help("Where a person ranks: terminal, or web (a local page).",
+                                           default="terminal")
+    host: str = _help("Web ranking page: address to listen on.", default="127.0.0.1")
+    port: int = _help("Web ranking page: port (0: any free one).", default=8765)
+    annotator: str = _help("Name recorded with a person's rankings.", default="human")
+    rankings: Optional[str] = _help("A rankings file made elsewhere ({id, ranks} per line, ranks[i] the rank of "
+                                    "rollout i, 1 = best) to import instead of ranking.", default=None)
+    margin: bool = _help("Give each pair its rank distance as margin (Llama 2's graded margin); else 0.",
+                         default=True)
+    skip_unranked: bool = _help("Make pairs of what is ranked, leaving unranked prompts out.", default=False)
+    resume: bool = _help("Continue an interrupted ranking where it stopped (same rollouts).", default=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("model", "judge", "rankings"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+                setattr(self, name, None)
+        if self.judge:
+            from .preferences import JUDGES
+
+            if self.judge not in JUDGES and ":" not in self.judge and not (
+                    Path(self.judge).is_dir() or Path(run_path(self.judge, self.output_dir)).is_dir()):
+                from .refs import is_hub_id
+
+                if not is_hub_id(self.judge):
+                    raise ConfigError(f"rank.judge: {unknown('judge', self.judge, JUDGES)}, and no module:function "
+                                      f"or model folder")
+            self.judge = run_path(self.judge, self.output_dir) if self.judge.startswith("RUN/") else self.judge
+        if self.rankings and not Path(self.rankings).is_file():
+            raise ConfigError(f"rank.rankings: {self.rankings} is not a file")
+
+
+@dataclass
+class PreferenceData:
+    """Where the preference stages (reward, rlhf, dpo) read pairs and prompts."""
+
+    preferences: Optional[str] = _help(
+        "Preference pairs: a rank stage folder (its train / test split), Anthropic/hh-rlhf, OpenAssistant/oasst1, "
+        "or a dataset with prompt / chosen / rejected (default: RUN/rank).", default=None)
+    preferences_name: Optional[str] = _help("Dataset config (data_dir) of the preferences, e.g. harmless-base.",
+                                            default=None)
+    preferences_split: Optional[str] = _help("Split of a preferences dataset without train / test splits.",
+                                             default=None)
+    preference_heldout: float = _help("Share of the prompts held out when the preferences have no test split.",
+                                      default=0.1)
+
+
+@dataclass
+class JudgedConfig:
+    """How the rlhf and dpo stages judge a policy on held-out prompts (hf_pipeline.evals.preference)."""
+
+    judge: str = _help("Judge of the held-out replies, never trained on: gold (the tiny recipe's preference), "
+                       "module:function, or a reward model folder (e.g. one trained on other pairs).", default="gold")
+    judge_prompts: int = _help("Held-out prompts judged before and after training (-1: all).", default=200)
+    judge_samples: int = _help("Replies sampled per held-out prompt.", default=2)
+
+
+@dataclass
+class RewardStageConfig(PostTrainingConfig, PreferenceData):
+    """A reward model (TRL RewardTrainer): a score head on the SFT model learns which reply of a pair is preferred."""
+
+    stage: ClassVar[str] = "reward"
+
+    eval_preferences: list[Source] = _help(
+        "More held-out pairs to report accuracy on, e.g. [{path: Anthropic/hh-rlhf, name: harmless-base, split: "
+        "test}]: accuracy_<name>.", default_factory=list)
+    eval_limit: int = _help("Pairs scored per eval_preferences source (-1: all).", default=500)
+    max_length: int = _help("Tokens per prompt + reply (longer pairs are dropped by TRL).", default=512)
+    center_rewards_coefficient: Optional[float] = _help(
+        "Pull the rewards' mean to 0 (Eisenstein et al.; 0.01 recommended; none: off).", default=0.01)
+    use_margin: bool = _help("Use the pairs' margin column in the loss (Llama 2).", default=True)
+    eval_batch_size: int = _help("Pairs per forward pass when scoring.", default=32)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.eval_preferences = as_sources(self.eval_preferences, self.output_dir)
+        if isinstance(self.preferences, str) and self.preferences.startswith("RUN/"):
+            self.preferences = run_path(self.preferences, self.output_dir)
+
+
+@dataclass
+class RLHFStageConfig(RLConfig, PreferenceData, JudgedConfig):
+    """RL against the reward model (TRL GRPOTrainer), KL to the SFT model, guarded by an independent judge."""
+
+    stage: ClassVar[str] = "rlhf"
+
+    reward_model: Optional[str] = _help("The proxy reward model (default: RUN/reward).", default=None)
+    num_generations: int = _help("Group size: completions sampled per prompt.", default=4)
+    beta: float = _help("KL coefficient against the SFT model (0: none; over-optimisation comes sooner).",
+                        default=0.05)
+    max_completion_length: int = _help("Tokens per completion (a completion cut off there is never scored as "
+                                       "finished: it gets unfinished_penalty, and no gradient).", default=48)
+    unfinished_penalty: float = _help("Reward added to a completion that did not end its turn (0: none).",
+                                      default=-1.0)
+    mask_truncated_completions: bool = _help("Leave completions cut off at the token limit out of the loss (DAPO).",
+                                             default=True)
+    guard: bool = _help("Stop when the judge falls while the proxy rises, and keep the best-judged weights.",
+                        default=True)
+    guard_steps: int = _help("Judge the policy on held-out prompts every N steps.", default=10)
+    guard_prompts: int = _help("Held-out prompts the guard judges each time.", default=64)
+    patience: int = _help("Guard checks in a row with the judge below its best and the proxy above its value "
+                          "there, before stopping.", default=3)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("preferences", "reward_model"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("RUN/"):
+                setattr(self, name, run_path(value, self.output_dir))
+
+
+@dataclass
+class DPOStageConfig(PostTrainingConfig, PreferenceData, JudgedConfig):
+    """DPO (TRL DPOTrainer) on the preference pairs: the offline alternative to a reward model and RL."""
+
+    stage: ClassVar[str] = "dpo"
+
+    beta: float = _help("DPO beta: how far from the reference model the policy may move.", default=0.1)
+    loss_type: list[str] = _help("DPO loss(es): sigmoid, ipo, hinge, robust, sft (RPO-style anchor)...",
+                                 default_factory=lambda: ["sigmoid"])
+    max_length: int = _help("Tokens per prompt + reply.", default=512)
+    reward_model: Optional[str] = _help("A reward model whose score is reported beside the judge's (none: skip).",
+                                        default=None)
+    max_new_tokens: int = _help("Token limit of the judged replies.", default=48)
+    temperature: float = _help("Sampling temperature of the judged replies.", default=1.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("preferences", "reward_model"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+                setattr(self, name, None)
+            elif isinstance(value, str) and value.startswith("RUN/"):
+                setattr(self, name, run_path(value, self.output_dir))
 
 
 # The config class of each stage, in pipeline order: the stage table names them (hf_pipeline/stages.py).

@@ -230,8 +230,10 @@ def _from_alpaca(row: dict, _: str, skipped: Counter) -> Conversation | None:
     return _clean(messages, skipped, system=row.get("system"))
 
 
-def _oasst_conversations(rows: list[dict], skipped: Counter) -> list[Conversation]:
-    """One conversation per OASST message tree: the best-ranked path from the root prompt to a leaf."""
+def oasst_trees(rows: list[dict], skipped: Counter):
+    """The OASST message trees of ``rows``: ``(root, children, usable)`` per tree (``children``: parent id -> its
+    replies; ``usable``: the ids of the tree's usable messages). Every dropped message is counted in ``skipped``
+    under its reason (``oasst_problem``; a missing id or parent)."""
     by_id: dict[str, dict] = {}
     for row in rows:
         if row.get("message_id"):
@@ -246,29 +248,34 @@ def _oasst_conversations(rows: list[dict], skipped: Counter) -> list[Conversatio
         if row.get("parent_id") is not None and row["parent_id"] not in by_id:
             # its parent was filtered out of this copy (another language, another split): drop the whole subtree
             skipped["missing_parent"] += _subtree_size(row, children)
+    for root in (row for row in by_id.values() if row.get("parent_id") is None):
+        yield root, children, _usable_messages(root, children, oasst_problem, skipped)
 
-    def problem(row: dict, parent_role: str) -> str | None:
-        """Why a message (and so its replies) cannot be used, or None."""
-        if not row.get("role"):
-            return "missing_role"
-        if row["role"] not in ("prompter", "assistant"):
-            return "unknown_role"
-        if row.get("deleted"):
-            return "deleted"
-        if not (row.get("text") or "").strip():
-            return "empty_content"
-        if row["role"] == parent_role:  # a tree alternates prompter / assistant, starting with the prompter
-            return "role_not_alternating"
-        return None
 
+def oasst_problem(row: dict, parent_role: str) -> str | None:
+    """Why an OASST message (and so its replies) cannot be used, or None."""
+    if not row.get("role"):
+        return "missing_role"
+    if row["role"] not in ("prompter", "assistant"):
+        return "unknown_role"
+    if row.get("deleted"):
+        return "deleted"
+    if not (row.get("text") or "").strip():
+        return "empty_content"
+    if row["role"] == parent_role:  # a tree alternates prompter / assistant, starting with the prompter
+        return "role_not_alternating"
+    return None
+
+
+def _oasst_conversations(rows: list[dict], skipped: Counter) -> list[Conversation]:
+    """One conversation per OASST message tree: the best-ranked path from the root prompt to a leaf."""
     def rank_key(row: dict):  # best first: ranked before unranked, then lowest rank, earliest, smallest id
         rank = row.get("rank")
         return (rank is None, rank if rank is not None else 0, row.get("created_date") or "", row["message_id"])
 
     conversations = []
-    for root in (row for row in by_id.values() if row.get("parent_id") is None):
-        # Drop (and count) the unusable messages of the whole tree, then walk the best path through the rest.
-        usable = _usable_messages(root, children, problem, skipped)
+    for root, children, usable in oasst_trees(rows, skipped):
+        # The unusable messages of the tree are dropped (and counted); walk the best path through the rest.
         path, node = [], root if root["message_id"] in usable else None
         while node is not None:
             path.append({"role": "user" if node["role"] == "prompter" else "assistant", "content": node["text"]})

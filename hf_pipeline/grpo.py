@@ -103,7 +103,14 @@ def plot_reward_curve(log_history: list[dict], path: Path) -> None:
 
 
 class GRPOStage(PostTrainingStage):
-    """GRPOTrainer on problems with reward functions; measures: pass@1, pass@k, lengths on held-out problems."""
+    """GRPOTrainer on problems with reward functions; measures: pass@1, pass@k, lengths on held-out problems.
+
+    ``make_trainer`` is the rlhf stage's too: it reads the ``RLConfig`` fields, ``self.train`` (a ``prompt``
+    column), ``self.reward_funcs`` / ``self.reward_weights``, and these two (rlhf: the reward model's tokenizer,
+    its guard)."""
+
+    reward_processing_classes = None
+    callbacks: tuple = ()
 
     def load_start(self, path: str, work: Path):
         from .engine import stop_token_ids
@@ -147,6 +154,7 @@ class GRPOStage(PostTrainingStage):
             # the objective
             beta=config.beta, loss_type=config.loss_type, scale_rewards=config.scale_rewards,
             num_iterations=config.num_iterations, reward_weights=self.reward_weights, disable_dropout=True,
+            mask_truncated_completions=getattr(config, "mask_truncated_completions", False),
             # optimisation
             per_device_train_batch_size=config.batch_size,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -162,10 +170,11 @@ class GRPOStage(PostTrainingStage):
         if config.freeze_embeddings and not config.use_lora:  # LoRA leaves both fixed anyway
             model.get_input_embeddings().requires_grad_(False)
             model.get_output_embeddings().requires_grad_(False)
-        logger.info("grpo: %d completions per step, %d per problem",
+        logger.info("%s: %d completions per step, %d per prompt", self.name,
                     config.batch_size * config.gradient_accumulation_steps, config.num_generations)
         return GRPOTrainer(model=model, reward_funcs=self.reward_funcs, args=args, train_dataset=self.train,
-                           processing_class=tokenizer,
+                           processing_class=tokenizer, reward_processing_classes=self.reward_processing_classes,
+                           callbacks=list(self.callbacks) or None,
                            peft_config=config.lora_config() if config.use_lora else None)
 
     def measure(self, engine, trainer):

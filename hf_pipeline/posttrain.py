@@ -11,7 +11,7 @@
        samples.json (before/after), log_history.json -> rename to RUN/<stage>/
 
 A stage subclasses ``PostTrainingStage`` and fills in what is its own: ``load_data``, ``make_trainer``, ``measure``,
-and optionally ``load_start`` (its model preparation), ``save_extra`` and ``stage_metrics``. The starting model is
+and optionally ``load_start`` (its model preparation), ``after_train``, ``save_extra`` and ``stage_metrics``. The starting model is
 measured before the trainer is built (whose construction seeds the training's random state afresh), unless the
 stage sets ``measures_with_trainer`` (sft: its held-out loss is the trainer's own evaluation).
 """
@@ -86,6 +86,9 @@ class PostTrainingStage:
         starting model is measured before the trainer exists (``measures_with_trainer`` False)."""
         raise NotImplementedError
 
+    def after_train(self, trainer) -> None:
+        """Between training and the "after" measures (rlhf: put back the weights its guard kept)."""
+
     def save_extra(self, work: Path, model, tokenizer) -> None:
         """Files beside the model besides what the lifecycle saves."""
 
@@ -125,6 +128,7 @@ class PostTrainingStage:
         trainer = self.trainer = self.make_trainer(model, tokenizer, str(work / CHECKPOINTS))
         if self.measures_with_trainer:
             base = measure_once(work, lambda: measure_start(trainer))
+        self.baseline = base  # the start's measures and samples (a resumed run's from baseline.json)
         model = trainer.model  # the PeftModel with LoRA
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
@@ -136,6 +140,7 @@ class PostTrainingStage:
         # 2. Train.
         result = trainer.train(resume_from_checkpoint=resume_from)
         train_seconds = result.metrics.get("train_runtime")
+        self.after_train(trainer)
 
         # 3. The trained model, measured the same way.
         model.eval()  # trainer.train() leaves the model in training mode: LoRA dropout would be active
@@ -145,7 +150,8 @@ class PostTrainingStage:
         # 4. Save: the model (or adapter), tokenizer, generation config, chat defaults; merged/ for merge_lora.
         trainer.save_model(str(work))
         tokenizer.save_pretrained(str(work))
-        model.generation_config.save_pretrained(str(work))
+        if getattr(model, "generation_config", None) is not None:  # a reward model has none
+            model.generation_config.save_pretrained(str(work))
         if self.chat_config:
             write_json(work / CHAT_CONFIG, self.chat_config)
         if config.use_lora and config.merge_lora:

@@ -8,7 +8,7 @@ config field that reads an earlier stage's output, and that stage, when the fiel
     Stage("sft", "hf_pipeline.sft", "SFTStageConfig", "model", {"model": "pretrain"})
 
 An input chain is per stage, not a line: a new stage is one row naming the stage it reads from (a ``probe`` stage
-reading ``{"model": "sft"}``, a ``rlhf`` stage reading ``{"model": "sft", "reward_model": "reward_model"}``).
+reading ``{"model": "sft"}``, the ``rlhf`` stage reading ``{"model": "sft", "reward_model": "reward", ...}``).
 
 A pure table: it imports nothing from the package, so that ``config`` and ``refs`` can import it without a circle;
 ``config.STAGE_CONFIGS`` and the CLI look the classes and modules up by these names.
@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-Artifact = Literal["dataset", "index", "tokenizer", "model"]
+Artifact = Literal["dataset", "index", "tokenizer", "model", "reward_model"]
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage: ``name``, ``module`` (has ``run(config) -> Path``), ``config`` (a class name in
     ``hf_pipeline.config``), ``artifact`` (what ``RUN/<name>/`` holds) and ``inputs`` ({config field: the stage whose
-    folder it reads when unset})."""
+    folder it reads when unset}). A ``reward_model`` folder holds a sequence-classification model: never what a run
+    folder given as a chat model resolves to."""
 
     name: str
     module: str
@@ -48,6 +49,12 @@ STAGES: tuple[Stage, ...] = (  # pipeline order: `run` runs a recipe's stages in
     Stage("probe", "hf_pipeline.probe", "ProbeConfig", "dataset", {"model": "pretrain"}),  # sft names RUN/probe
     Stage("sft", "hf_pipeline.sft", "SFTStageConfig", "model", {"model": "pretrain"}),
     Stage("grpo", "hf_pipeline.grpo", "GRPOStageConfig", "model", {"model": "sft"}),
+    Stage("rank", "hf_pipeline.rank", "RankConfig", "dataset", {"model": "sft"}),
+    Stage("reward", "hf_pipeline.reward_model", "RewardStageConfig", "reward_model",
+          {"model": "sft", "preferences": "rank"}),
+    Stage("dpo", "hf_pipeline.dpo", "DPOStageConfig", "model", {"model": "sft", "preferences": "rank"}),
+    Stage("rlhf", "hf_pipeline.rlhf", "RLHFStageConfig", "model",
+          {"model": "sft", "reward_model": "reward", "preferences": "rank"}),
 )
 
 _BY_NAME = {stage.name: stage for stage in STAGES}

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, run_cli
 from hf_pipeline import cli, refs
 from hf_pipeline.config import (
-    STAGE_CONFIGS, ConfigError, GRPOStageConfig, PretrainConfig, SFTStageConfig, build_config,
+    STAGE_CONFIGS, ConfigError, GRPOStageConfig, PretrainConfig, RLHFStageConfig, SFTStageConfig, build_config,
 )
 from hf_pipeline.stages import STAGES, get_stage, model_stages, stage_names
 
@@ -19,19 +19,21 @@ TINY = ROOT / "recipes" / "tiny.yaml"
 
 
 def test_the_table_is_the_only_stage_list():
-    assert stage_names() == ("data", "facts", "index", "tokenizer", "pretrain", "probe", "sft", "grpo")
+    assert stage_names() == ("data", "facts", "index", "tokenizer", "pretrain", "probe", "sft", "grpo", "rank",
+                             "reward", "dpo", "rlhf")
     assert tuple(STAGE_CONFIGS) == stage_names()
     for stage in STAGES:
         cls = STAGE_CONFIGS[stage.name]
         assert (cls.__name__, cls.stage) == (stage.config, stage.name)
         assert importlib.util.find_spec(stage.module) is not None, stage.module
-        assert stage.artifact in ("dataset", "index", "tokenizer", "model")
+        assert stage.artifact in ("dataset", "index", "tokenizer", "model", "reward_model")
         for source in stage.inputs.values():  # every default input is an earlier stage's output
             assert stage_names().index(source) < stage_names().index(stage.name)
     listed = [line.split()[0] for line in cli.usage().split("stages (each writes RUN/<stage>/):\n")[1]
               .split("\n\n")[0].splitlines()]
     assert tuple(listed) == stage_names()
-    assert refs.MODEL_STAGES == model_stages() == ("grpo", "sft", "pretrain")  # latest first
+    # latest first; a reward model is never what a run folder resolves to as a chat model
+    assert refs.MODEL_STAGES == model_stages() == ("rlhf", "dpo", "grpo", "sft", "pretrain")
     for old in ("STAGE_MODULES", "PREVIOUS_MODEL_STAGE", "check_inputs"):
         assert not hasattr(cli, old)
     assert dict(get_stage("sft").inputs) == {"model": "pretrain"} and dict(get_stage("grpo").inputs) == {"model": "sft"}
@@ -45,6 +47,9 @@ def test_default_inputs_resolve_from_the_table(tmp_path):
     sft = SFTStageConfig(output_dir=str(run), worked_problems=10)
     assert sft.input_ref("model") == str(run / "pretrain")
     assert GRPOStageConfig(output_dir=str(run)).input_ref("model") == str(run / "sft")
+    rlhf = RLHFStageConfig(output_dir=str(run))
+    assert [rlhf.input_ref(name) for name in ("model", "reward_model", "preferences")] == [
+        str(run / "sft"), str(run / "reward"), str(run / "rank")]
     assert PretrainConfig(output_dir=str(run)).input_ref("tokenizer") == str(run / "tokenizer")
     assert SFTStageConfig(output_dir=str(run), model="org/base").input_ref("model") == "org/base"  # a set field wins
     with pytest.raises(ConfigError, match="sft.mmlu: not set, and the sft stage has no default for it"):
