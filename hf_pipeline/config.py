@@ -146,6 +146,16 @@ class SharedConfig:
     def stage_dir(self, stage: str | None = None) -> Path:
         return Path(self.output_dir) / (stage or self.stage)
 
+    def _references(self, *names: str) -> None:
+        """Reference fields as given on the command line or in a recipe: "none" / "" -> None, RUN/<stage> -> the
+        stage's folder in this run."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+                setattr(self, name, None)
+            elif isinstance(value, str) and value.startswith("RUN/"):
+                setattr(self, name, run_path(value, self.output_dir))
+
     def input_ref(self, name: str) -> str:
         """What input field ``name`` reads: its value if set, else the folder of the stage the stage table names
         for it (sft's ``model`` -> ``RUN/pretrain``). Resolve it with ``refs.resolve_model``/``resolve_tokenizer``."""
@@ -823,6 +833,22 @@ class GRPOStageConfig(RLConfig):
         super().check(planned)  # model
 
 
+def check_judge(where: str, judge: str, exists: bool = False) -> None:
+    """A judge reference is a name of ``preferences.JUDGES``, ``module:function``, or a reward model (a folder, an
+    org/name Hub id): a bare word that is no judge's name is one line with the names; with ``exists`` (the stage's
+    ``check``, before anything runs) a folder that is not there is one line too."""
+    from .preferences import JUDGES
+    from .refs import is_hub_id
+
+    if judge in JUDGES or ":" in judge:
+        return
+    if "/" not in judge and not Path(judge).exists():
+        raise ConfigError(f"{where}: {unknown('judge', judge, JUDGES)}, and no module:function or model folder")
+    if exists and not Path(judge).exists() and not is_hub_id(judge):
+        raise ConfigError(f"{where}: {judge} does not exist (a reward model folder, a Hub id, or one of "
+                          f"{', '.join(JUDGES)})")
+
+
 @dataclass
 class RankConfig(SharedConfig):
     """Rollouts of the SFT model ranked by a person (terminal or web page) or a judge, as preference pairs."""
@@ -856,21 +882,9 @@ class RankConfig(SharedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("model", "judge", "rankings"):
-            value = getattr(self, name)
-            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-                setattr(self, name, None)
+        self._references("model", "judge", "rankings")
         if self.judge:
-            from .preferences import JUDGES
-
-            if self.judge not in JUDGES and ":" not in self.judge and not (
-                    Path(self.judge).is_dir() or Path(run_path(self.judge, self.output_dir)).is_dir()):
-                from .refs import is_hub_id
-
-                if not is_hub_id(self.judge):
-                    raise ConfigError(f"rank.judge: {unknown('judge', self.judge, JUDGES)}, and no module:function "
-                                      f"or model folder")
-            self.judge = run_path(self.judge, self.output_dir) if self.judge.startswith("RUN/") else self.judge
+            check_judge("rank.judge", self.judge)
         if self.rankings and not Path(self.rankings).is_file():
             raise ConfigError(f"rank.rankings: {self.rankings} is not a file")
 
@@ -899,6 +913,10 @@ class JudgedConfig:
     judge_prompts: int = _help("Held-out prompts judged before and after training (-1: all).", default=200)
     judge_samples: int = _help("Replies sampled per held-out prompt.", default=2)
 
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        check_judge(f"{self.stage}.judge", self.judge, exists=True)
+        super().check(planned)
+
 
 @dataclass
 class RewardStageConfig(PostTrainingConfig, PreferenceData):
@@ -919,12 +937,11 @@ class RewardStageConfig(PostTrainingConfig, PreferenceData):
     def __post_init__(self):
         super().__post_init__()
         self.eval_preferences = as_sources(self.eval_preferences, self.output_dir)
-        if isinstance(self.preferences, str) and self.preferences.startswith("RUN/"):
-            self.preferences = run_path(self.preferences, self.output_dir)
+        self._references("model", "preferences")
 
 
 @dataclass
-class RLHFStageConfig(RLConfig, PreferenceData, JudgedConfig):
+class RLHFStageConfig(JudgedConfig, RLConfig, PreferenceData):  # JudgedConfig.check first
     """RL against the reward model (TRL GRPOTrainer), KL to the SFT model, guarded by an independent judge."""
 
     stage: ClassVar[str] = "rlhf"
@@ -948,14 +965,12 @@ class RLHFStageConfig(RLConfig, PreferenceData, JudgedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("preferences", "reward_model"):
-            value = getattr(self, name)
-            if isinstance(value, str) and value.startswith("RUN/"):
-                setattr(self, name, run_path(value, self.output_dir))
+        self._references("model", "preferences", "reward_model", "judge")
+        check_judge("rlhf.judge", self.judge)
 
 
 @dataclass
-class DPOStageConfig(PostTrainingConfig, PreferenceData, JudgedConfig):
+class DPOStageConfig(JudgedConfig, PostTrainingConfig, PreferenceData):  # JudgedConfig.check first
     """DPO (TRL DPOTrainer) on the preference pairs: the offline alternative to a reward model and RL."""
 
     stage: ClassVar[str] = "dpo"
@@ -971,12 +986,8 @@ class DPOStageConfig(PostTrainingConfig, PreferenceData, JudgedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("preferences", "reward_model"):
-            value = getattr(self, name)
-            if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-                setattr(self, name, None)
-            elif isinstance(value, str) and value.startswith("RUN/"):
-                setattr(self, name, run_path(value, self.output_dir))
+        self._references("model", "preferences", "reward_model", "judge")
+        check_judge("dpo.judge", self.judge)
 
 
 # The config class of each stage, in pipeline order: the stage table names them (hf_pipeline/stages.py).

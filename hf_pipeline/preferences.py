@@ -17,8 +17,8 @@ Gao et al. ("Scaling Laws for Reward Model Overoptimization"): a reply to "Write
 its score for each of: it mentions X; it ends its turn (not cut off at the token limit); it ends with . ! or ?; it
 has 6 to 20 words (partial credit nearby); it does not repeat itself (1 - the share of repeated word 3-grams).
 
-``degenerate`` flags what reward hacking looks like (repetition, a reply cut off at the token limit, an empty
-reply): the rlhf stage's guard and the measures count it.
+``degenerate`` flags what reward hacking looks like (repetition, a reply cut off at the token limit, a reply of one
+or two words, an empty reply): the rlhf stage's guard and the measures count it.
 """
 
 from __future__ import annotations
@@ -139,7 +139,22 @@ def gold_judge(prompts: Sequence[str], replies: Sequence[str], stopped: Sequence
     return [sum(parts.values()) / len(parts) for parts in map(gold_parts, prompts, replies, stopped)]
 
 
-JUDGES: dict[str, Judge] = {"gold": gold_judge}
+gold_judge.parts = gold_parts  # the measures report each check's mean (judge_on_topic, judge_finished...)
+
+
+def skim_judge(prompts: Sequence[str], replies: Sequence[str], stopped: Sequence[bool]) -> list[float]:
+    """A hurried labeller who reads only the end of a reply and likes it short: a third each for ending the turn,
+    ending with . ! or ?, and brevity (1 - words / 30). It agrees with the gold judge on most pairs of the SFT
+    model's rambling replies, and not at all about replies under 6 words: the misspecified labeller whose reward
+    model the over-optimisation demonstration hacks."""
+    def brevity(reply: str) -> float:
+        return 1 - min(len(WORD.findall(reply)), 30) / 30
+
+    return [(float(bool(s)) + float(r.rstrip().endswith((".", "!", "?"))) + brevity(r)) / 3
+            for r, s in zip(replies, stopped)]
+
+
+JUDGES: dict[str, Judge] = {"gold": gold_judge, "skim": skim_judge}
 
 
 def resolve_judge(ref: str, what: str = "judge") -> Judge:
@@ -166,10 +181,12 @@ def resolve_judge(ref: str, what: str = "judge") -> Judge:
     raise ConfigError(f"{what}: {unknown('judge', ref, JUDGES)}, and no module:function or model folder")
 
 
-def degenerate(reply: str, stopped: bool, max_repetition: float = 0.5) -> dict:
+def degenerate(reply: str, stopped: bool, max_repetition: float = 0.5, min_words: int = 3) -> dict:
     """Which signs of reward hacking a reply shows: ``repetition`` (more than ``max_repetition`` of its word 3-grams
-    repeat), ``truncated`` (cut off at the token limit: a length blow-up), ``empty``; ``any``: one of them."""
-    flags = {"repetition": repetition(reply) > max_repetition, "truncated": not stopped, "empty": not reply.strip()}
+    repeat), ``truncated`` (cut off at the token limit: a length blow-up), ``short`` (under ``min_words`` words: a
+    length collapse, "Yes." to any request), ``empty``; ``any``: one of them."""
+    flags = {"repetition": repetition(reply) > max_repetition, "truncated": not stopped,
+             "short": len(WORD.findall(reply)) < min_words, "empty": not reply.strip()}
     flags["any"] = any(flags.values())
     return flags
 

@@ -84,11 +84,11 @@ class JudgeGuard:
         states = random.getstate(), np.random.get_state(), torch.get_rng_state()  # the training's sampling goes on
         was_training = model.training
         try:
-            metrics, _ = self.stage.judge(model, self.stage.guard_prompts, samples=1)
+            metrics, rows = self.stage.judge(model, self.stage.guard_prompts, samples=1)
         finally:
             model.train(was_training)
             random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
-        point = {"step": step, **metrics}
+        point = {"step": step, **metrics, "examples": [row["replies"][0] for row in rows[:3]]}  # what it writes
         self.history.append(point)
         if self.best is None or point["judge_score"] > self.best["judge_score"]:
             self.best = point
@@ -118,9 +118,9 @@ class JudgeGuard:
             self.check(model, state.global_step, control)
 
 
-def plot_judge_curve(history: list[dict], best: dict, stop: dict | None, path: Path) -> None:
-    """judge_curve.png: the proxy reward and the judge's score over the steps (best check and stop marked), and the
-    share of degenerate replies with their mean length."""
+def plot_judge_curve(history: list[dict], best: dict, stop: dict | None, path: Path, stopped: bool = True) -> None:
+    """judge_curve.png: the proxy reward and the judge's score over the steps (the kept check, and where the guard's
+    rule was met: the run stopped there when ``stopped``), and the share of degenerate replies with their length."""
     from matplotlib.figure import Figure
 
     steps = [h["step"] for h in history]
@@ -133,9 +133,10 @@ def plot_judge_curve(history: list[dict], best: dict, stop: dict | None, path: P
     proxy.set_ylabel("proxy reward (reward model)")
     ax.axvline(best["step"], color="tab:green", linestyle="--", alpha=0.6, label=f"kept (step {best['step']})")
     if stop:
-        ax.axvline(stop["step"], color="tab:red", linestyle=":", label=f"guard fired (step {stop['step']})")
+        said = "guard stopped the run" if stopped else "guard rule met (guard off)"
+        ax.axvline(stop["step"], color="tab:red", linestyle=":", label=f"{said} (step {stop['step']})")
     lines = ax.get_legend_handles_labels()[0] + proxy.get_legend_handles_labels()[0]
-    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="lower left")
+    proxy.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right", framealpha=0.9)
     ax.grid(alpha=0.3)
     ax_degen.plot(steps, [h["degenerate_share"] for h in history], color="tab:red", label="degenerate share")
     ax_degen.set(xlabel="step", ylabel="share", ylim=(-0.02, 1.02), title="degenerate replies and length")
@@ -143,7 +144,7 @@ def plot_judge_curve(history: list[dict], best: dict, stop: dict | None, path: P
     length.plot(steps, [h["mean_tokens"] for h in history], color="tab:gray", label="mean tokens")
     length.set_ylabel("mean tokens")
     lines = ax_degen.get_legend_handles_labels()[0] + length.get_legend_handles_labels()[0]
-    ax_degen.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
+    length.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right", framealpha=0.9)
     ax_degen.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -194,7 +195,7 @@ class RLHFStage(JudgedMeasures, GRPOStage):
 
         guard = self.guard
         write_json(work / "guard.json", {"checks": guard.history, "best": guard.best, "stop": guard.stop})
-        plot_judge_curve(guard.history, guard.best, guard.stop, work / "judge_curve.png")
+        plot_judge_curve(guard.history, guard.best, guard.stop, work / "judge_curve.png", self.config.guard)
         super().save_extra(work, model, tokenizer)
 
     def stage_metrics(self) -> dict:

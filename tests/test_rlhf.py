@@ -41,8 +41,9 @@ def test_gold_judge_rewards_each_property_of_a_good_reply():
 
 def test_degenerate_flags_repetition_truncation_and_empty_replies():
     assert repetition("the the the the the the") > 0.5 and repetition("a fine short reply") == 0.0
-    assert degenerate("the the the the the the", True) == {"repetition": True, "truncated": False, "empty": False,
-                                                            "any": True}
+    assert degenerate("the the the the the the", True) == {"repetition": True, "truncated": False, "short": False,
+                                                            "empty": False, "any": True}
+    assert degenerate("Yes.", True)["short"] and not degenerate("Cats sleep a lot.", True)["short"]
     assert degenerate("a reply cut off at the", False)["truncated"]
     assert degenerate("  ", True)["empty"]
     assert not degenerate("A fine reply about cats.", True)["any"]
@@ -186,8 +187,10 @@ def test_reward_stage_refuses_a_pad_token_equal_to_the_end_token(rlhf_run, tmp_p
 def test_rlhf_guard_checks_keep_the_best_judged_weights(rlhf_run):
     stage = rlhf_run / "rlhf"
     metrics = json.loads((stage / "metrics.json").read_text())
-    for key in ("judge_score", "proxy_reward", "degenerate_share", "truncated_share", "mean_tokens"):
+    for key in ("judge_score", "proxy_reward", "degenerate_share", "truncated_share", "mean_tokens",
+                "distinct_share", "judge_on_topic", "judge_finished", "judge_length"):  # the gold judge's checks
         assert metrics[f"{key}_before"] is not None and metrics[f"{key}_after"] is not None
+    assert 0 < metrics["distinct_share_after"] <= 1
     assert 0 <= metrics["win_rate"] <= 1 and metrics["judge"] == "gold"
     guard = json.loads((stage / "guard.json").read_text())
     steps = [check["step"] for check in guard["checks"]]
@@ -275,3 +278,59 @@ def test_a_lora_reward_model_scores_like_a_full_one(rlhf_run, tmp_path):
     scores = scorer.score([[{"role": "user", "content": "Write a sentence about cats."}]] * 2,
                           ["Cats sleep all day.", "the the the the"])
     assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+
+
+def test_a_person_ranks_on_the_web_page_served_by_the_rank_command(tiny_run, tmp_path):
+    """`hf-pipeline rank --ui web`: the page in headless Chromium, two prompts ranked by clicking, the server and the
+    command end by themselves, and the stage is complete with the person's rankings."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from test_ranking_ui import CHROMIUM, CHROMIUM_ARGS
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian's chromium package drives the browser test)")
+    from playwright.sync_api import expect, sync_playwright
+
+    command = [sys.executable, "-u", "-m", "hf_pipeline", "rank", "--model", str(tiny_run), "--output_dir",
+               str(tmp_path), "--num_prompts", "2", "--max_new_tokens", "8", "--judge", "none", "--ui", "web",
+               "--port", "0", "--annotator", "clicker", "--seed", "0", "--heldout_fraction", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    try:
+        url = None
+        for line in process.stdout:  # the rollouts first, then the page's address
+            match = re.search(r"ranking page: (http://127\.0\.0\.1:\d+/)", line)
+            if match:
+                url = match.group(1)
+                break
+        assert url, "the rank command printed no address"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.set_default_timeout(20_000)
+                page.goto(url)
+                for item, order in ((1, (2, 1, 4, 3)), (2, (1, 2, 3, 4))):
+                    expect(page.get_by_test_id("progress")).to_have_text(f"{item} / 2")
+                    expect(page.get_by_test_id("prompt")).to_contain_text("about")  # a generated request
+                    for rank, n in enumerate(order, 1):
+                        page.locator(f'[data-testid="rank-{n}"] button[data-rank="{rank}"]').click()
+                    if item == 1:
+                        page.screenshot(path=str(tmp_path / "rank_page.png"), full_page=True)
+                    page.get_by_test_id("submit").click()
+                expect(page.get_by_test_id("done")).to_be_visible()
+            finally:
+                browser.close()
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output[-3000:]
+    assert (tmp_path / "rank_page.png").read_bytes()[:8] == PNG_MAGIC
+    rankings = [json.loads(line) for line in (tmp_path / "rank" / "rankings.jsonl").read_text().splitlines()]
+    assert [r["ranks"] for r in rankings] == [[2, 1, 4, 3], [1, 2, 3, 4]]
+    assert {r["annotator"] for r in rankings} == {"clicker"}
+    metrics = json.loads((tmp_path / "rank" / "metrics.json").read_text())
+    assert metrics["ranked"] == 2 and metrics["pairs_train"] == 12 and metrics["annotators"] == {"clicker": 2}

@@ -117,3 +117,16 @@ def test_run_fails_before_the_first_stage(tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hf-pipeline: error: ") and lines[0].endswith(message), lines
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_builds_each_of_its_stages(recipe):
+    """Each recipe's sections are valid configs of the stages it runs (fields, ranges, names): a recipe that would
+    fail at its third stage fails here (inputs that an earlier run makes are not checked)."""
+    from hf_pipeline.config import load_recipe
+
+    loaded = load_recipe(recipe)
+    assert loaded["stages"]
+    for stage in loaded["stages"]:
+        config = build_config(stage, [], loaded, str(recipe))
+        assert config.stage == stage

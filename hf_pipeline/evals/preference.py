@@ -103,8 +103,9 @@ def judge_policy(engine, prompts: Sequence[list], judge, scorer: RewardScorer | 
     """Sample ``samples`` replies per held-out prompt (chat messages) and judge them.
 
     Returns ``(metrics, rows)``: ``judge_score`` (mean judge score), ``proxy_reward`` (mean reward model score, with
-    a scorer), ``degenerate_share`` and its parts (``repetition_share``, ``truncated_share``, ``empty_share``),
-    ``mean_tokens``, ``distinct_share`` (distinct replies / replies: 1 / n when one reply answers everything);
+    a scorer), ``degenerate_share`` and its parts (``repetition_share``, ``truncated_share``, ``short_share``,
+    ``empty_share``),
+    ``mean_tokens``, ``judge_<check>`` (a judge with ``parts``: each check's mean), ``distinct_share`` (distinct replies / replies: 1 / n when one reply answers everything);
     ``rows`` holds per prompt its replies and scores (``prompt``, ``replies``, ``judge``), for
     ``win_rate``; the first ``keep_samples`` become the stage's samples.
     """
@@ -119,14 +120,17 @@ def judge_policy(engine, prompts: Sequence[list], judge, scorer: RewardScorer | 
     scores = [float(s) for s in judge(texts, replies, stopped)]
     proxy = scorer.score(conversations, replies) if scorer else None
     flags = [degenerate(r, s) for r, s in zip(replies, stopped)]
+    parts = getattr(judge, "parts", None)  # a judge made of checks (gold): the share of replies passing each
+    parts = [parts(*row) for row in zip(texts, replies, stopped)] if parts else []
     metrics = {
         "judge_score": mean(scores),
         **({"proxy_reward": mean(proxy)} if proxy else {}),
         "degenerate_share": mean(f["any"] for f in flags),
-        **{f"{kind}_share": mean(f[kind] for f in flags) for kind in ("repetition", "truncated", "empty")},
+        **{f"{kind}_share": mean(f[kind] for f in flags) for kind in ("repetition", "truncated", "short", "empty")},
         "mean_tokens": mean(o["tokens"] for o in out),
         # mode collapse: the same reply whatever the prompt (a policy that found one reply the proxy likes)
         "distinct_share": len(set(replies)) / len(replies),
+        **{f"judge_{name}": mean(p[name] for p in parts) for name in (parts[0] if parts else {})},
     }
     rows = [{"prompt": texts[i * samples], "replies": replies[i * samples:(i + 1) * samples],
              "judge": scores[i * samples:(i + 1) * samples],
