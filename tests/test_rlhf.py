@@ -316,8 +316,8 @@ def test_a_person_ranks_on_the_web_page_served_by_the_rank_command(tiny_run, tmp
                 for item, order in ((1, (2, 1, 4, 3)), (2, (1, 2, 3, 4))):
                     expect(page.get_by_test_id("progress")).to_have_text(f"{item} / 2")
                     expect(page.get_by_test_id("prompt")).to_contain_text("about")  # a generated request
-                    for rank, n in enumerate(order, 1):
-                        page.locator(f'[data-testid="rank-{n}"] button[data-rank="{rank}"]').click()
+                    for position, n in enumerate(order, 1):
+                        page.locator(f'[data-testid="rank-{n}"] button[data-rank="{position}"]').click()
                     if item == 1:
                         page.screenshot(path=str(tmp_path / "rank_page.png"), full_page=True)
                     page.get_by_test_id("submit").click()
