@@ -19,6 +19,9 @@ Usage::
     hf-pipeline rlhf --config recipes/tiny.yaml --output_dir runs/tiny-overopt --beta 0 --learning_rate 3e-4 \\
         --max_steps 300 --guard false        # over-optimisation on purpose: the proxy rises, the judge falls
 
+A killed run resumes from its last checkpoint; its guard starts again at the resumed step (the earlier checks and
+the weights they kept are not carried over: the kept weights are held in memory).
+
 Written: metrics.json (judge_score_before/after, proxy_reward_*, degenerate_share_* and its parts, mean_tokens_*,
 win_rate (kept policy vs start, judged per held-out prompt, ties half), guard_best_step, guard_stopped_step,
 guard_stop_reason), guard.json (every check), judge_curve.png (proxy and judge over the steps, degenerate share and
