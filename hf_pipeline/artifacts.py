@@ -51,7 +51,7 @@ def begin_stage(final: Path, keep_partial: bool = False) -> Path:
 
 # Settings that change how a run is watched, not what it computes: a resumed run may change them.
 RESUME_SAFE = {"overwrite", "resume", "num_proc", "logging_steps", "save_steps", "eval_steps", "keep_checkpoints",
-               "mirror", "output_dir"}
+               "report_to", "mirror", "output_dir"}
 
 
 def resume_or_start(final: Path, settings: dict, resume: bool,

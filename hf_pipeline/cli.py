@@ -12,8 +12,10 @@
     hf-pipeline rlhf      --config recipes/tiny.yaml [--beta 0 --guard false ...]
     hf-pipeline chat      MODEL [--system TEXT] [--temperature 0.7 ...] [--tools python search --index RUN/index]
     hf-pipeline generate  MODEL --prompt TEXT [--temperature 0.8 --top_k 50 --top_p 0.95 --max_new_tokens 64 --seed 0]
-    hf-pipeline push      RUN_DIR/STAGE --repo-id ORG/NAME [--private]
+    hf-pipeline push      RUN_DIR[/STAGE] --repo-id ORG/NAME [--private]
     hf-pipeline pull      ORG/NAME --to DIR
+    hf-pipeline report    RUN_DIR
+    hf-pipeline serve     MODEL [--tools python search --index RUN/index] [--port 8000]
 
 A bad recipe, flag or input fails before any work starts, with one line that names the file, key or path.
 """
@@ -167,17 +169,38 @@ def cmd_chat(argv: list[str]) -> int:
 
 
 def cmd_push(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="hf-pipeline push", description="Upload a stage folder with a model card.")
-    parser.add_argument("folder", help="A finished stage folder, e.g. runs/tiny/pretrain.")
+    parser = ArgumentParser(prog="hf-pipeline push", description="Upload a stage folder, or a whole run, with model "
+                            "cards.")
+    parser.add_argument("folder", help="A finished stage folder (runs/tiny/pretrain), or a run folder (runs/tiny): "
+                                       "each stage to ORG/NAME-<stage>, the run's index and report to ORG/NAME.")
     parser.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True)
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one / HF_TOKEN).")
     args = parser.parse_args(argv)
-    from .hub import push
+    from .hub import is_run_folder, push, push_run
 
+    if is_run_folder(Path(args.folder)):  # every stage to ORG/NAME-<stage>, the run's index and report to ORG/NAME
+        if args.revision:
+            raise ConfigError("push: --revision is for one stage folder, not a whole run")
+        print(push_run(args.folder, args.repo_id, args.private, args.token))
+        return 0
     print(push(args.folder, args.repo_id, args.private, args.token, args.revision))
     return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    """``hf-pipeline report RUN``: RUN/report.md and RUN/report.html from the stages' metrics.json files."""
+    from .report import main
+
+    return main(argv)
+
+
+def cmd_serve(argv: list[str]) -> int:
+    """``hf-pipeline serve MODEL``: an OpenAI-compatible chat server with a web page (FastAPI + uvicorn)."""
+    from .serve import main
+
+    return main(argv)
 
 
 def cmd_pull(argv: list[str]) -> int:
@@ -188,9 +211,12 @@ def cmd_pull(argv: list[str]) -> int:
     parser.add_argument("--revision", default=None)
     parser.add_argument("--token", default=None)
     args = parser.parse_args(argv)
-    from .hub import pull
+    from .hub import RUN_INDEX, pull, pull_stages
 
-    print(pull(args.repo_id, args.to, args.repo_type, args.revision, args.token))
+    path = pull(args.repo_id, args.to, args.repo_type, args.revision, args.token)
+    if (path / RUN_INDEX).is_file():  # a pushed run: each stage's repo into <to>/<stage>
+        path = pull_stages(path, args.token)
+    print(path)
     return 0
 
 
@@ -205,6 +231,8 @@ def usage() -> str:
         "  generate   Sample from a model folder, run folder or Hub id.\n"
         "  chat       Talk to a chat model (run folder, model or adapter folder, Hub id) in the terminal.\n"
         "  eval       Measure any model (bpb, mmlu, chat, problems, honesty, tools) and write metrics.json.\n"
+        "  report     Write RUN/report.md and RUN/report.html: every stage's settings, times and measures.\n"
+        "  serve      Serve a chat model: OpenAI-compatible /v1/chat/completions, tools, a web page at /.\n"
         "  push       Upload a stage folder to the Hub with a model card.\n"
         "  pull       Download a repo from the Hub.\n\n"
         "`hf-pipeline COMMAND --help` lists a command's options."
@@ -253,7 +281,7 @@ def _dispatch(argv: list[str]) -> int:
         print(__version__)
         return 0
     handlers = {"run": cmd_run, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "push": cmd_push,
-                "pull": cmd_pull}
+                "pull": cmd_pull, "report": cmd_report, "serve": cmd_serve}
     if command not in STAGE_CONFIGS and command not in handlers:
         raise ConfigError(f"unknown command '{command}'{suggest(command, [*STAGE_CONFIGS, *handlers])} "
                           f"(hf-pipeline --help lists them)")

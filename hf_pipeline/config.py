@@ -120,6 +120,18 @@ def check_ranges(config, stage: str) -> None:
                 raise ConfigError(f"{stage}.{f.name}: {'' if ' in ' in spec else 'must be '}{said}, not {value}")
 
 
+def check_trackers(stage: str, report_to) -> None:
+    """``report_to``: none, or names of transformers' tracker integrations (one line for an unknown one)."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    for name in names:
+        if name not in ("none", *INTEGRATION_TO_CALLBACK):
+            raise ConfigError(f"{stage}.report_to: {unknown('tracker', name, ['none', *INTEGRATION_TO_CALLBACK])}")
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"{stage}.report_to: 'none' with trackers {names}: name the trackers, or none alone")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Shared fields and data references
 
@@ -142,6 +154,8 @@ class SharedConfig:
         if self.mirror is None:
             self.mirror = os.environ.get(MIRROR_ENV) or None
         check_ranges(self, self.stage)
+        if hasattr(self, "report_to"):  # the training stages
+            check_trackers(self.stage, self.report_to)
 
     def stage_dir(self, stage: str | None = None) -> Path:
         return Path(self.output_dir) / (stage or self.stage)
@@ -330,6 +344,10 @@ class PretrainConfig(SharedConfig):
     logging_steps: int = _help("Log training loss every N steps.", default=10)
     resume: bool = _help("Continue a killed run from its last checkpoint, with the same data order.", default=True)
     keep_checkpoints: bool = _help("Keep checkpoints in the finished stage folder.", default=False)
+    report_to: list[str] = _help(
+        "Experiment trackers the trainer logs to: none, or tensorboard (RUN/tensorboard/<stage>/), trackio, wandb, "
+        "mlflow... (transformers' integrations; a tracker's own settings, e.g. WANDB_MODE=offline, apply).",
+        default_factory=lambda: ["none"])
 
     def __post_init__(self):
         super().__post_init__()
@@ -465,6 +483,10 @@ class PostTrainingConfig(SharedConfig):
     save_steps: int = _help("Checkpoint every N steps (resume picks up the last one).", default=100)
     resume: bool = _help("Continue a killed run from its last checkpoint.", default=True)
     keep_checkpoints: bool = _help("Keep checkpoints in the finished stage folder.", default=False)
+    report_to: list[str] = _help(
+        "Experiment trackers the trainer logs to: none, or tensorboard (RUN/tensorboard/<stage>/), trackio, wandb, "
+        "mlflow... (transformers' integrations; a tracker's own settings, e.g. WANDB_MODE=offline, apply).",
+        default_factory=lambda: ["none"])
     # LoRA (peft)
     use_lora: bool = _help("Train a peft LoRA adapter instead of all weights.", default=False)
     lora_r: int = _help("LoRA rank.", default=16)

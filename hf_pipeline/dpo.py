@@ -62,7 +62,7 @@ class DPOStage(JudgedMeasures, PostTrainingStage):
     def make_trainer(self, model, tokenizer, output_dir: str):
         from trl import DPOConfig, DPOTrainer
 
-        from .model import precision_args
+        from .model import precision_args, tracking_args
 
         config = self.config
         args = DPOConfig(
@@ -74,7 +74,8 @@ class DPOStage(JudgedMeasures, PostTrainingStage):
             max_steps=config.max_steps, num_train_epochs=config.num_epochs,
             **precision_args(config.bf16, "dpo"), activation_checkpointing=False,
             logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-            save_total_limit=2, seed=config.seed, data_seed=config.seed, report_to="none", dataset_num_proc=None,
+            save_total_limit=2, seed=config.seed, data_seed=config.seed, **tracking_args(config),
+            dataset_num_proc=None,
         )
         columns = ["prompt", "chosen", "rejected"]
         ref_model = None if config.use_lora else copy.deepcopy(model).eval()  # LoRA: the adapter switched off

@@ -141,7 +141,7 @@ class GRPOStage(PostTrainingStage):
         from trl import GRPOConfig, GRPOTrainer
 
         from .engine import stop_token_ids
-        from .model import precision_args
+        from .model import precision_args, tracking_args
 
         config = self.config
         args = GRPOConfig(
@@ -165,7 +165,7 @@ class GRPOStage(PostTrainingStage):
             activation_checkpointing=False,  # small models: recomputing costs more than it saves
             # bookkeeping
             logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-            save_total_limit=2, seed=config.seed, data_seed=config.seed, report_to="none", log_completions=False,
+            save_total_limit=2, seed=config.seed, data_seed=config.seed, **tracking_args(config), log_completions=False,
         )
         if config.freeze_embeddings and not config.use_lora:  # LoRA leaves both fixed anyway
             model.get_input_embeddings().requires_grad_(False)

@@ -404,3 +404,79 @@ def pull(repo_id: str, to: str | os.PathLike | None = None, repo_type: str = "mo
         path = snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_dir=to, token=token)
     logger.info("pull: downloaded %s repo %s to %s", repo_type, repo_id, path)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A whole run
+
+RUN_INDEX = "run.json"  # in the run's repo: each stage's repo, type and commit
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A run folder holds stage folders (``<stage>/config.yaml``) and is not a stage folder itself."""
+    from .stages import stage_names
+
+    return not (folder / CONFIG_FILE).is_file() and any((folder / s / CONFIG_FILE).is_file() for s in stage_names())
+
+
+def stage_repo_id(repo_id: str, stage: str) -> str:
+    """The repo a run's stage goes to: ``ORG/NAME-<stage>`` (``me/tiny`` -> ``me/tiny-sft``)."""
+    return f"{repo_id}-{stage}"
+
+
+def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Push every finished stage of a run to its own repo (``ORG/NAME-<stage>``: a model, tokenizer or reward model
+    repo, or a dataset repo for data, facts and rank), each with its model card, then the run's own repo
+    ``ORG/NAME``: ``run.json`` (each stage's repo and commit), the report (``README.md`` from ``report.md``, and
+    ``report.html``). Unfinished stages (``.incomplete``) are named and skipped. Returns the run repo's commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .stages import stage_names
+
+    _check_repo_id("push", repo_id)
+    run_dir = Path(run_dir)
+    finished = [s for s in stage_names() if (run_dir / s).is_dir()]
+    skipped = [s for s in stage_names() if (run_dir / f"{s}{INCOMPLETE_SUFFIX}").is_dir()]
+    if not finished:
+        raise ConfigError(f"push: {run_dir}: no finished stage to push")
+    for stage in skipped:
+        logger.info("push: skipping %s: the stage did not finish", stage)
+    index = {"run": run_dir.name, "stages": {}, "skipped": skipped}
+    for stage in finished:
+        stage_repo = stage_repo_id(repo_id, stage)
+        url = push(run_dir / stage, stage_repo, private, token,
+                   commit_message=f"Upload the {stage} stage of run {run_dir.name} ({repo_id})")
+        index["stages"][stage] = {"repo_id": stage_repo, "repo_type": repo_type_of(run_dir / stage),
+                                  "commit_url": url}
+    scrubber = PathScrubber(run_dir.absolute())
+    lines = [f"# {repo_id}", "", f"An hf-pipeline run (`{run_dir.name}`): one repo per stage, in pipeline order.", "",
+             "| stage | repo | type |", "|---|---|---|"]
+    lines += [f"| {stage} | [{i['repo_id']}](https://huggingface.co/{'datasets/' if i['repo_type'] == 'dataset' else ''}"
+              f"{i['repo_id']}) | {i['repo_type']} |" for stage, i in index["stages"].items()]
+    lines += ["", f"`hf-pipeline pull {repo_id} --to DIR` brings the whole run back (`DIR/<stage>/`).", ""]
+    report = run_dir / "report.md"
+    if report.is_file():
+        lines += [scrubber.text(report.read_text(encoding="utf-8"))]
+    operations = [CommitOperationAdd(path_in_repo=RUN_INDEX, path_or_fileobj=json.dumps(index, indent=2).encode()),
+                  CommitOperationAdd(path_in_repo="README.md", path_or_fileobj="\n".join(lines).encode())]
+    if (run_dir / "report.html").is_file():
+        operations.append(CommitOperationAdd(path_in_repo="report.html",
+                                             path_or_fileobj=scrubber.text((run_dir / "report.html").read_text(
+                                                 encoding="utf-8")).encode()))
+    api = HfApi(token=token)
+    with _hub_errors("push", repo_id, "model", None):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.create_commit(repo_id=repo_id, operations=operations,
+                                 commit_message=f"Run {run_dir.name}: {len(finished)} stages")
+    logger.info("push: run %s -> %s (%d stages%s)", run_dir, repo_id, len(finished),
+                f"; not finished: {', '.join(skipped)}" if skipped else "")
+    return info.commit_url
+
+
+def pull_stages(folder: Path, token: str | None = None) -> Path:
+    """A pulled run repo (``run.json``) made whole: each stage's repo into ``folder/<stage>``."""
+    index = json.loads((folder / RUN_INDEX).read_text())
+    for stage, info in index["stages"].items():
+        pull(info["repo_id"], folder / stage, info["repo_type"], None, token)
+    logger.info("pull: run %s (%s)", folder, ", ".join(index["stages"]))
+    return folder

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -114,6 +115,17 @@ def precision_args(requested_bf16: bool, stage: str) -> dict:
 
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     return {"bf16": resolve_bf16(requested_bf16, on_cpu, stage), "use_cpu": on_cpu}
+
+
+def tracking_args(config) -> dict:
+    """``report_to``, ``run_name`` and ``project`` for a stage's ``TrainingArguments``. TensorBoard writes into
+    ``RUN/tensorboard/<stage>/`` (beside the stage folders: the checkpoints folder the trainer writes into is removed
+    at the end, and a stage folder pushed to the Hub carries no event files named after this machine)."""
+    report_to = [config.report_to] if isinstance(config.report_to, str) else list(config.report_to)
+    if "tensorboard" in report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(config.output_dir).resolve() / "tensorboard" / config.stage)
+    return {"report_to": report_to, "run_name": f"{Path(config.output_dir).name}-{config.stage}",
+            "project": "hf-pipeline"}
 
 
 def resolve_bf16(requested: bool, on_cpu: bool, stage: str) -> bool:

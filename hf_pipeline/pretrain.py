@@ -63,7 +63,7 @@ def _trainer_class():
 def training_arguments(config: PretrainConfig, checkpoint_dir: Path, learning_rate: float):
     from transformers import TrainingArguments
 
-    from .model import precision_args
+    from .model import precision_args, tracking_args
 
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -92,7 +92,7 @@ def training_arguments(config: PretrainConfig, checkpoint_dir: Path, learning_ra
         seed=config.seed,
         data_seed=config.seed,
         dataloader_drop_last=True,
-        report_to="none",
+        **tracking_args(config),
     )
 
 

@@ -107,7 +107,7 @@ class RewardStage(PostTrainingStage):
     def make_trainer(self, model, tokenizer, output_dir: str):
         from trl import RewardConfig, RewardTrainer
 
-        from .model import precision_args
+        from .model import precision_args, tracking_args
 
         config = self.config
         args = RewardConfig(
@@ -120,7 +120,7 @@ class RewardStage(PostTrainingStage):
             max_steps=config.max_steps, num_train_epochs=config.num_epochs,
             **precision_args(config.bf16, "reward"), activation_checkpointing=False,
             logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-            save_total_limit=2, seed=config.seed, data_seed=config.seed, report_to="none",
+            save_total_limit=2, seed=config.seed, data_seed=config.seed, **tracking_args(config),
             dataset_num_proc=None,
         )
         return RewardTrainer(model=model, args=args, train_dataset=self.train.remove_columns("prompt_id"),

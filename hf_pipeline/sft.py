@@ -182,7 +182,7 @@ class SFTStage(PostTrainingStage):
     def make_trainer(self, model, tokenizer, output_dir: str):
         from trl import SFTConfig, SFTTrainer
 
-        from .model import precision_args
+        from .model import precision_args, tracking_args
 
         config, train, heldout = self.config, self.train, self.heldout
         args = SFTConfig(
@@ -204,7 +204,7 @@ class SFTStage(PostTrainingStage):
             eval_strategy="steps" if config.eval_steps and heldout is not None else "no",
             eval_steps=config.eval_steps or None,
             save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-            logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed, report_to="none",
+            logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed, **tracking_args(config),
         )
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=train, eval_dataset=heldout, processing_class=tokenizer,

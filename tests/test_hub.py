@@ -18,6 +18,7 @@ from huggingface_hub import HfApi
 
 from conftest import ROOT, SHAKESPEARE, SHARED_DATA, run_cli
 from hub_server import HubServer
+from hf_pipeline.hub import SCRUBBED_FILES
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +304,32 @@ def test_the_path_scrubber_shortens_local_paths_only(tmp_path):
     assert scrub.data({"paths": [str(run / "pretrain")], str(tmp_path): 1}) == {"paths": ["RUN/pretrain"],
                                                                                  tmp_path.name: 1}
     assert scrub.used == {"RUN", "~", "."} and scrub.names == {"y", "gone", tmp_path.name}
+
+
+def test_push_and_pull_a_whole_run(tiny_run, hub, tmp_path):
+    """A run folder: every finished stage to ORG/NAME-<stage> with its card, the index and report to ORG/NAME; an
+    unfinished stage named and skipped; pull brings every stage back where it was."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "sft.incomplete").mkdir()  # a stage that did not finish
+    (run / "report.md").write_text(f"# Report\n\nmade in {run}\n")
+    env = hub.env(tmp_path / "hf")
+    pushed = run_cli("push", run, "--repo-id", "me/tiny-run", env=env)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    assert "skipping sft: the stage did not finish" in pushed.stderr
+
+    pulled = run_cli("pull", "me/tiny-run", "--to", tmp_path / "back", env=env)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    back = tmp_path / "back"
+    index = json.loads((back / "run.json").read_text())
+    assert set(index["stages"]) == {"tokenizer", "pretrain"} and index["skipped"] == ["sft"]
+    assert index["stages"]["pretrain"]["repo_id"] == "me/tiny-run-pretrain"
+    for stage in ("tokenizer", "pretrain"):
+        for name, data in _files(run / stage).items():
+            if name != "training_args.bin" and name not in SCRUBBED_FILES:  # those have local paths shortened
+                assert _files(back / stage)[name] == data, (stage, name)
+    readme = (back / "README.md").read_text()
+    assert "me/tiny-run-pretrain" in readme and "# Report" in readme and str(run) not in readme  # scrubbed
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(back / "pretrain"))  # loads as pushed
