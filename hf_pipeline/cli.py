@@ -100,6 +100,11 @@ def cmd_run(argv: list[str]) -> int:
         for config in configs:
             logger.info("run: stage %s -> %s", config.stage, config.stage_dir())
             run_stage(config)
+        if output_dir:  # the report card of the whole run folder, its earlier stages included
+            from .report import write_report
+
+            for path in write_report(output_dir):
+                logger.info("run: report -> %s", path)
     print(output_dir)
     return 0
 

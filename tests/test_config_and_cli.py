@@ -123,7 +123,7 @@ def test_run_executes_the_recipe_and_skips_finished_stages(tmp_path):
     saved = yaml.safe_load((run / "pretrain" / "config.yaml").read_text())
     assert saved["seed"] == 1 and saved["stage"] == "pretrain" and saved["corpus"][1]["weight"] == 0.5
     assert "c4_200.jsonl: 200 documents" in out.stderr  # the log says what the stage read
-    assert sorted(p.name for p in run.iterdir()) == ["pretrain", "tokenizer"]
+    assert sorted(p.name for p in run.iterdir()) == ["pretrain", "report.html", "report.md", "tokenizer"]
 
     again = run_cli("run", "--config", recipe)
     assert again.returncode == 0
