@@ -455,8 +455,12 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, to
               f"{i['repo_id']}) | {i['repo_type']} |" for stage, i in index["stages"].items()]
     lines += ["", f"`hf-pipeline pull {repo_id} --to DIR` brings the whole run back (`DIR/<stage>/`).", ""]
     report = run_dir / "report.md"
-    if report.is_file():
-        lines += [scrubber.text(report.read_text(encoding="utf-8"))]
+    if report.is_file():  # its plots (![..](sft/honesty.png)) now live in the stages' repos
+        text = report.read_text(encoding="utf-8")
+        for stage, info in index["stages"].items():
+            kind = "datasets/" if info["repo_type"] == "dataset" else ""
+            text = text.replace(f"]({stage}/", f"]({_endpoint()}/{kind}{info['repo_id']}/resolve/main/")
+        lines += [scrubber.text(text)]
     operations = [CommitOperationAdd(path_in_repo=RUN_INDEX, path_or_fileobj=json.dumps(index, indent=2).encode()),
                   CommitOperationAdd(path_in_repo="README.md", path_or_fileobj="\n".join(lines).encode())]
     if (run_dir / "report.html").is_file():

@@ -312,7 +312,7 @@ def test_push_and_pull_a_whole_run(tiny_run, hub, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "sft.incomplete").mkdir()  # a stage that did not finish
-    (run / "report.md").write_text(f"# Report\n\nmade in {run}\n")
+    (run / "report.md").write_text(f"# Report\n\nmade in {run}\n\n![curve](pretrain/curve.png)\n")
     env = hub.env(tmp_path / "hf")
     pushed = run_cli("push", run, "--repo-id", "me/tiny-run", env=env)
     assert pushed.returncode == 0, pushed.stderr[-2000:]
@@ -330,6 +330,7 @@ def test_push_and_pull_a_whole_run(tiny_run, hub, tmp_path):
                 assert _files(back / stage)[name] == data, (stage, name)
     readme = (back / "README.md").read_text()
     assert "me/tiny-run-pretrain" in readme and "# Report" in readme and str(run) not in readme  # scrubbed
+    assert "(pretrain/curve.png)" not in readme and "me/tiny-run-pretrain/resolve/main/curve.png)" in readme
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(back / "pretrain"))  # loads as pushed
