@@ -127,6 +127,7 @@ class Engine:
                  max_tool_calls: int = 4):
         self.model, self.tokenizer = model, tokenizer
         self.chat_config = dict(chat_config or {})
+        self.on_tool_call = None  # called with each tool call's {"tool", "input", "output", "ok"} as it finishes
         self.tools: dict[int, Tool] = {}  # by the id of the token that closes a call
         if max_tool_calls < 0:
             raise ConfigError(f"max_tool_calls: must be >= 0, not {max_tool_calls}")
@@ -383,6 +384,8 @@ class Engine:
                                                              split_special_tokens=True)["input_ids"]
                       + [vocab[OUTPUT_END]])
             calls.append({"tool": tool.name, "input": call, "output": output, "ok": ok})
+            if self.on_tool_call:  # e.g. the server, streaming each call to its client as it finishes
+                self.on_tool_call(calls[-1])
             ids += forced
             new += forced
             budget -= len(forced)
