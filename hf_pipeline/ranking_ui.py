@@ -40,6 +40,7 @@ import textwrap
 from collections.abc import Callable, Iterable
 
 from .preferences import check_ranks
+from .webapp import run_app
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -204,7 +205,6 @@ def serve_ranking_page(items, save: Save, host: str = "127.0.0.1", port: int = 0
     Runs uvicorn in the calling thread. ``port=0`` picks a free port; once the server listens its URL is printed
     and passed to ``on_ready(url)``. Each ranking goes to ``save`` as soon as it is submitted.
     """
-    import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.background import BackgroundTask
@@ -229,7 +229,7 @@ def serve_ranking_page(items, save: Save, host: str = "127.0.0.1", port: int = 0
         return JSONResponse(state(), background=BackgroundTask(stop) if finished else None)
 
     def stop() -> None:  # a background task: runs once the response has gone out
-        server.should_exit = True
+        app.state.server.should_exit = True
 
     async def target(request: Request) -> tuple[dict | None, JSONResponse | None]:
         try:
@@ -285,36 +285,12 @@ def serve_ranking_page(items, save: Save, host: str = "127.0.0.1", port: int = 0
     app.add_route("/api/rank", rank, methods=["POST"])
     app.add_route("/api/skip", skip, methods=["POST"])
 
-    failures: list[BaseException] = []
+    def ready(url: str) -> None:
+        print(f"ranking page: {url} (Ctrl-C stops; what is ranked is kept)", flush=True)
+        if on_ready is not None:
+            on_ready(url)
 
-    class Server(uvicorn.Server):
-        async def startup(self, sockets=None) -> None:
-            await super().startup(sockets=sockets)
-            if not self.started:
-                return
-            bound, bound_port = self.servers[0].sockets[0].getsockname()[:2]
-            url = f"http://{f'[{bound}]' if ':' in bound else bound}:{bound_port}/"
-            print(f"ranking page: {url} (Ctrl-C stops; what is ranked is kept)", flush=True)
-            if on_ready is not None:
-                try:
-                    on_ready(url)
-                except BaseException as e:  # stop serving, raise it in the caller
-                    failures.append(e)
-                    self.should_exit = True
-
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                            ws="none", timeout_graceful_shutdown=3)
-    server = Server(config)
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C
-        pass
-    except SystemExit as e:
-        if server.started:
-            raise
-        raise OSError(f"the ranking page could not listen on {host}:{port} (see the error above)") from e
-    if failures:
-        raise failures[0]
+    run_app(app, host, port, ready)
     print(f"ranking page stopped: {counts['ranked']} ranked, {counts['skipped']} skipped, "
           f"{len(items) - len(handled)} left", flush=True)
     return counts["ranked"]

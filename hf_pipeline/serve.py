@@ -623,34 +623,13 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(engine, settings)
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
-        _run(build_app(engine, settings, worker), args.host, args.port, settings.model_id)
+        from .webapp import run_app
+
+        run_app(build_app(engine, settings, worker), args.host, args.port,
+                lambda url: print(f"serving {settings.model_id} at {url} (OpenAI API at /v1)", flush=True))
     finally:
         worker.stop()
     print("server stopped", flush=True)
     return 0
 
 
-def _run(app, host: str, port: int, model_id: str) -> None:
-    """uvicorn in this thread until Ctrl-C (or SIGTERM); the URL is printed once it listens."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets=None) -> None:
-            await super().startup(sockets=sockets)
-            if not self.started:
-                return
-            bound, bound_port = self.servers[0].sockets[0].getsockname()[:2]
-            url = f"http://{f'[{bound}]' if ':' in bound else bound}:{bound_port}/"
-            print(f"serving {model_id} at {url} (OpenAI API at /v1)", flush=True)
-
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                            ws="none", timeout_graceful_shutdown=3)
-    server = Server(config)
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C
-        pass
-    except SystemExit:
-        if server.started:
-            raise
-        raise ConfigError(f"cannot listen on {host}:{port} (see the error above)") from None
