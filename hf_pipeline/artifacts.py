@@ -8,6 +8,10 @@ one resumes from its last complete checkpoint only with the configuration it was
 refuses, naming the fields), and ``overwrite`` starts it over. One process at a time writes into a run folder
 (``run_lock``: a second one refuses, naming the first). ``metrics.json`` has flat, lower-case keys
 (``heldout_bpb``, ``bytes_per_token``...).
+
+Under ``accelerate launch`` (or torchrun) with several processes, the main process (RANK 0) alone takes the lock,
+creates, wipes and renames the stage folder and writes its files; the others wait for it (``wait_for_everyone``) and
+read the same folder (a run folder on a file system every node sees).
 """
 
 from __future__ import annotations
@@ -29,7 +33,26 @@ logger = logging.getLogger("hf_pipeline")
 INCOMPLETE_SUFFIX = ".incomplete"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+CHECKPOINTS_DIR = "checkpoints"  # the Trainer's checkpoint-N folders, in RUN/<stage>.incomplete
 BASELINE_FILE = "baseline.json"  # a stage's measures of its starting model, kept in RUN/<stage>.incomplete
+
+
+def world_size() -> int:
+    """How many processes train together (``WORLD_SIZE``, set by accelerate launch and torchrun; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run folder: the only one, or RANK 0 of a multi-process launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the processes of a multi-process launch (nothing with one process)."""
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 def incomplete_dir(final: Path) -> Path:
@@ -62,15 +85,31 @@ def resume_or_start(final: Path, settings: dict, resume: bool,
     ``overwrite``) and it holds a complete checkpoint (or, for a stage that appends its results to
     ``progress_file``, that file), but only with the settings it recorded in config.yaml: a
     change outside ``RESUME_SAFE`` is a ConfigError naming the fields. Otherwise it is wiped. ``settings`` (the
-    config as a dict) is written to config.yaml.
+    config as a dict) is written to config.yaml. With several processes the main one decides and writes; the others
+    wait for it, then find the same checkpoint (or none).
     """
     work = incomplete_dir(final)
+    if not is_main_process():
+        wait_for_everyone()  # the main process has checked, wiped or kept the folder
+        if not resume:
+            return work, None
+        if progress_file:
+            return work, str(work / progress_file) if (work / progress_file).is_file() else None
+        return work, last_complete_checkpoint(work / CHECKPOINTS_DIR)
+    work, resume_from = _resume_or_start(final, work, settings, resume, progress_file)
+    wait_for_everyone()
+    return work, resume_from
+
+
+
+def _resume_or_start(final: Path, work: Path, settings: dict, resume: bool,
+                     progress_file: str | None) -> tuple[Path, str | None]:
     resume_from = None
     if resume and work.exists():
         if progress_file:
             resume_from = str(work / progress_file) if (work / progress_file).is_file() else None
         else:
-            resume_from = last_complete_checkpoint(work / "checkpoints")
+            resume_from = last_complete_checkpoint(work / CHECKPOINTS_DIR)
     if resume_from:
         recorded = work / CONFIG_FILE
         before = yaml.safe_load(recorded.read_text()) if recorded.is_file() else {}
@@ -121,9 +160,13 @@ def _lock_holder(folder: Path) -> str:
 def run_lock(run_dir: str | os.PathLike):
     """Hold an exclusive lock on the run folder while writing into it: a second process refuses with one line naming
     the holder. The lock is on the folder itself (no file is left behind), and the kernel drops it when its process
-    ends, however it ends."""
+    ends, however it ends. In a multi-process launch only the main process (RANK 0) takes it: the lock is per launch,
+    and the other ranks follow the main one."""
     import fcntl
 
+    if not is_main_process():
+        yield
+        return
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     key = str(run_dir.resolve())
@@ -178,13 +221,18 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 
 def measure_once(work: Path, measure) -> dict:
     """The starting model's measures: ``measure()`` (a ``(metrics, samples)`` pair) as ``{"metrics", "samples"}``,
-    kept in ``work/baseline.json``, so that a resumed run reads what the killed run measured before training."""
+    kept in ``work/baseline.json``, so that a resumed run reads what the killed run measured before training. With
+    several processes every one measures (a measure may be collective, as the Trainer's evaluation is) and the main
+    one writes."""
     path = Path(work) / BASELINE_FILE
+    wait_for_everyone()  # every process sees the same baseline.json: all measure, or none
     if path.is_file():
         return json.loads(path.read_text())
     metrics, samples = measure()
     base = {"metrics": metrics, "samples": samples}
-    write_json(path, base)
+    if is_main_process():
+        write_json(path, base)
+    wait_for_everyone()
     return base
 
 

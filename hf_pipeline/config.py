@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -447,6 +448,8 @@ class DataConfig(SharedConfig):
 
             check_step_args(self.step_args, self.extractor)
             check_executor_options(self.executor, self.executor_options)
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise ConfigError("data.executor: ray is not installed (pip install ray)")
         if self.executor == "slurm" and "partition" not in self.executor_options:
             raise ConfigError("data.executor_options: the Slurm executor needs a partition ({partition: NAME})")
 

@@ -46,6 +46,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from .artifacts import is_main_process, wait_for_everyone
 from .config import ConfigError, GRPOStageConfig
 from .posttrain import PostTrainingStage, read_chat_config
 
@@ -117,7 +118,9 @@ class GRPOStage(PostTrainingStage):
 
         model, tokenizer = super().load_start(path, work)
         if (Path(path) / "adapter_config.json").is_file() and self.config.beta > 0 and not self.config.use_lora:
-            model.save_pretrained(str(work / REFERENCE_DIR))  # TRL loads the KL reference from _name_or_path
+            if is_main_process():  # written once; the other processes wait for it
+                model.save_pretrained(str(work / REFERENCE_DIR))  # TRL loads the KL reference from _name_or_path
+            wait_for_everyone()
             model.config._name_or_path = str(work / REFERENCE_DIR)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

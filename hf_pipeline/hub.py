@@ -451,8 +451,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, to
     scrubber = PathScrubber(run_dir.absolute())
     lines = [f"# {repo_id}", "", f"An hf-pipeline run (`{run_dir.name}`): one repo per stage, in pipeline order.", "",
              "| stage | repo | type |", "|---|---|---|"]
-    lines += [f"| {stage} | [{i['repo_id']}](https://huggingface.co/{'datasets/' if i['repo_type'] == 'dataset' else ''}"
-              f"{i['repo_id']}) | {i['repo_type']} |" for stage, i in index["stages"].items()]
+    for stage, i in index["stages"].items():
+        kind = "datasets/" if i["repo_type"] == "dataset" else ""
+        lines.append(f"| {stage} | [{i['repo_id']}](https://huggingface.co/{kind}{i['repo_id']}) | {i['repo_type']} |")
     lines += ["", f"`hf-pipeline pull {repo_id} --to DIR` brings the whole run back (`DIR/<stage>/`).", ""]
     report = run_dir / "report.md"
     if report.is_file():  # its plots (![..](sft/honesty.png)) now live in the stages' repos

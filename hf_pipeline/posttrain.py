@@ -11,21 +11,26 @@
        samples.json (before/after), log_history.json -> rename to RUN/<stage>/
 
 A stage subclasses ``PostTrainingStage`` and fills in what is its own: ``load_data``, ``make_trainer``, ``measure``,
-and optionally ``load_start`` (its model preparation), ``after_train``, ``save_extra`` and ``stage_metrics``. The starting model is
-measured before the trainer is built (whose construction seeds the training's random state afresh), unless the
+and optionally ``load_start`` (its model preparation), ``after_train``, ``save_extra`` and ``stage_metrics``. The
+starting model is measured before the trainer is built (whose construction seeds the training's random state afresh), unless the
 stage sets ``measures_with_trainer`` (sft: its held-out loss is the trainer's own evaluation).
+
+Under ``accelerate launch`` with several processes every process loads, measures and trains (the Trainer shards the
+batches and saves checkpoints once); only the main process creates, writes and renames the stage folder, and the
+others wait for it (``artifacts.wait_for_everyone``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
 
-from .artifacts import (BASELINE_FILE, finish_stage, format_metrics, is_complete, measure_once, resume_or_start,
-                        train_loss, write_json)
+from .artifacts import (BASELINE_FILE, finish_stage, format_metrics, is_complete, is_main_process, measure_once,
+                        resume_or_start, train_loss, wait_for_everyone, write_json)
 from .config import ConfigError, PostTrainingConfig, config_to_dict
 from .engine import CHAT_CONFIG, Engine
 
@@ -69,8 +74,8 @@ class PostTrainingStage:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         except (OSError, ValueError) as e:
             raise ConfigError(f"{self.name}.model: cannot load {path} ({str(e).splitlines()[0][:200]})") from None
-        if torch.cuda.is_available():  # the "before" measures generate on the accelerator too
-            model.to("cuda")
+        if torch.cuda.is_available():  # the "before" measures generate on the accelerator too (this process's GPU)
+            model.to(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
         return model, tokenizer
 
     def load_data(self, tokenizer) -> None:
@@ -148,7 +153,18 @@ class PostTrainingStage:
         logger.info("%s: after: %s", name, format_metrics(after))
 
         # 4. Save: the model (or adapter), tokenizer, generation config, chat defaults; merged/ for merge_lora.
-        trainer.save_model(str(work))
+        trainer.save_model(str(work))  # every process (FSDP/ZeRO-3 gather the weights); the Trainer writes once
+        if is_main_process():
+            self._publish(work, final, model, tokenizer, base, after, samples, result, resume_from, trainable, total,
+                          model_path, start)
+        wait_for_everyone()  # the other processes return once the stage folder is complete
+        logger.info("%s: %d steps in %.0f s -> %s", name, trainer.state.global_step, train_seconds or 0, final)
+        return final
+
+    def _publish(self, work, final, model, tokenizer, base, after, samples, result, resume_from, trainable, total,
+                 model_path, start) -> None:
+        """The main process's writes: the files beside the model, metrics.json, samples.json, the rename."""
+        config, name, trainer = self.config, self.name, self.trainer
         tokenizer.save_pretrained(str(work))
         if getattr(model, "generation_config", None) is not None:  # a reward model has none
             model.generation_config.save_pretrained(str(work))
@@ -173,7 +189,8 @@ class PostTrainingStage:
             "steps": trainer.state.global_step,
             "learning_rate": config.learning_rate, "use_lora": config.use_lora, "trainable_params": trainable,
             "num_params": total, "start_model": model_path, "resumed_from": resume_from,
-            "train_seconds": train_seconds, "device": str(trainer.args.device), "bf16": trainer.args.bf16,
+            "train_seconds": result.metrics.get("train_runtime"), "device": str(trainer.args.device),
+            "bf16": trainer.args.bf16, "num_processes": trainer.args.world_size,
             "wall_time_s": round(time.time() - start, 2),
         }
         write_json(work / "metrics.json", metrics)
@@ -184,8 +201,6 @@ class PostTrainingStage:
             before, now = metrics.get(f"{key}_before"), metrics.get(f"{key}_after")
             shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (before, now)]
             logger.info("%s: %-22s %s -> %s", name, key, *shown)
-        logger.info("%s: %d steps in %.0f s -> %s", name, metrics["steps"], train_seconds or 0, final)
-        return final
 
 
 def read_chat_config(model_path: str) -> dict:

@@ -10,6 +10,10 @@ vocabularies compare.
 
 A killed run leaves RUN/pretrain.incomplete/checkpoints/; running the stage again resumes from the last checkpoint
 and, because the sampler is seeded and Trainer skips the batches already seen, sees the data in the same order.
+
+Under ``accelerate launch`` with N processes, ``batch_size`` is per process (a step sees N x batch_size windows:
+with the seeded sampler the same windows as one process with N x batch_size); every process trains and evaluates,
+the Trainer saves checkpoints once, and only the main process writes and renames the stage folder.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import logging
 import time
 from pathlib import Path
 
-from .artifacts import finish_stage, is_complete, resume_or_start, train_loss, write_json
+from .artifacts import (finish_stage, is_complete, is_main_process, resume_or_start, train_loss, wait_for_everyone,
+                        write_json)
 from .config import ConfigError, PretrainConfig, config_to_dict
 from .corpus import load_corpus, tokenize_and_pack
 from .evals.text import evaluate_bpb, token_byte_lengths
@@ -157,7 +162,10 @@ def run(config: PretrainConfig) -> Path:
     else:
         final_eval = trainer.evaluate()
 
-    trainer.save_model(str(work))
+    trainer.save_model(str(work))  # every process (FSDP/ZeRO-3 gather the weights); the Trainer writes once
+    if not is_main_process():
+        wait_for_everyone()  # the main process writes the rest and renames the folder
+        return final
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.save_pretrained(str(work))
@@ -166,7 +174,7 @@ def run(config: PretrainConfig) -> Path:
 
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
     steps = trainer.state.global_step
-    tokens_per_step = config.batch_size * config.gradient_accumulation_steps * config.seq_len
+    tokens_per_step = config.batch_size * config.gradient_accumulation_steps * config.seq_len * trainer.args.world_size
     tokens = steps * tokens_per_step
     resumed_step = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0  # tokens/s: this process's steps only
     metrics = {
@@ -185,11 +193,13 @@ def run(config: PretrainConfig) -> Path:
         "resumed_from": resume_from,
         "device": str(trainer.args.device),
         "bf16": trainer.args.bf16,
+        "num_processes": trainer.args.world_size,
         "wall_time_s": round(time.time() - start, 2),
     }
     write_json(work / "metrics.json", metrics)
     write_json(work / "log_history.json", {"log_history": trainer.state.log_history})
     finish_stage(work, final)
+    wait_for_everyone()
     logger.info(
         "pretrain: trained %d steps (%.2fM tokens, %.0f tokens/s), held-out loss %.3f, %.3f bits/byte -> %s",
         steps, tokens / 1e6, metrics["tokens_per_s"], metrics["heldout_loss"], metrics["heldout_bpb"], final,

@@ -30,10 +30,30 @@ leftover starts over, and the old RUN/data stays until the new one replaces it. 
 of every task, whichever run or worker did it (stats.py). Worker processes end with the hf-pipeline process, so a
 killed or interrupted run leaves nothing running. Working files and logs live in RUN/data.work/; the published
 folder holds the dataset (``load_dataset(RUN/data)``), stats.json, metrics.json and config.yaml.
+
+Executors (``executor``, with ``executor_options`` passed to datatrove's executor class):
+
+    local   the stages one after the other, ``workers`` tasks at a time in processes of this machine
+    ray     the same order on a Ray cluster: the one this process is connected to (``ray.init`` first), else the one
+            at RAY_ADDRESS, else a local runtime started for the run and shut down after it. Each task runs in a
+            Ray worker (``cpus_per_task``, ``mem_per_cpu_gb``: its reservation); same dataset and stats as local.
+            RUN must be on a file system every node sees.
+    slurm   submits the whole chain and returns at once (``sbatch`` on PATH; RUN on a shared file system). Each
+            stage is one job array, one array task per datatrove task, ``--dependency=afterok:<previous stage's
+            job>``, then a small datatrove job merging its stats (afterok on the stage's job):
+                filter -> exact_find -> exact_filter -> minhash_buckets -> minhash_cluster -> final -> finalize
+            Per stage, in RUN/data.work/logs/STAGE/: launch_script.slurm (the sbatch script: #SBATCH partition, time,
+            cpus-per-task, mem-per-cpu, array=0-(tasks-1), output in slurm_logs/%A_%a.out; it runs ``srun -l -n 1
+            launch_pickled_pipeline .../executor.pik``), executor.pik (the pickled stage), ranks_to_run.json,
+            slurm_logs/, logs/ and stats/ of its tasks. Jobs run with the submitting shell's environment
+            (``--export=ALL``: activate the venv before submitting, or pass ``venv_path``/``env_command``). RUN/data
+            appears when the last job, ``finalize``, renames RUN/data.incomplete (an old RUN/data stays until then);
+            a failed task stops the chain (afterok): submit again to resume, finished tasks are skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -41,7 +61,7 @@ import os
 import shutil
 from pathlib import Path
 
-from datatrove.executor import LocalPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor
 from datatrove.pipeline.dedup import MinhashDedupFilter
 from datatrove.pipeline.readers import JsonlReader
 
@@ -306,6 +326,32 @@ class LocalExecutor(LocalPipelineExecutor):
         return super()._launch_run_for_rank(rank, ranks_q, completed, completed_lock)
 
 
+class RayExecutor(RayPipelineExecutor):
+    """datatrove's Ray executor whose task processes (forked by a Ray worker) end with that worker, and whose
+    extractor sandboxes end with the task process: a killed Ray worker leaves no orphan behind."""
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        _exit_with((os.getppid(), _start_time(os.getppid())))
+        _children_exit_with_me()
+        return super()._run_for_rank(rank, local_rank, node_rank)
+
+
+@contextlib.contextmanager
+def _ray_session():
+    """The Ray runtime the stages run on: the one this process is connected to (``ray.init`` before ``run``), else
+    the cluster at RAY_ADDRESS, else a local one started here and shut down at the end."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def make_executor(config: DataConfig, stage: dict, logging_dir: Path, depends=None):
     """The datatrove executor for one stage; ``executor_options`` go to its constructor (Slurm: partition, time...)."""
     options = dict(config.executor_options)
@@ -318,9 +364,7 @@ def make_executor(config: DataConfig, stage: dict, logging_dir: Path, depends=No
 
         options.setdefault("time", "04:00:00")
         return SlurmPipelineExecutor(job_name=f"hf-pipeline-data-{stage['name']}", **common, **options)
-    from datatrove.executor import RayPipelineExecutor
-
-    return RayPipelineExecutor(workers=config.workers or -1, **common, **options)
+    return RayExecutor(workers=config.workers or -1, **common, **options)
 
 
 def published_rows(folder: Path) -> int:
@@ -398,26 +442,25 @@ def run(config: DataConfig) -> Path:
     stages.append({"name": "finalize", "tasks": 1, "report": [None], "pipeline": [functools.partial(
         finalize, config_dict=config_dict, stages=report, out=str(out), work=str(work), final=str(final),
         expected_files=len(files) if config.limit == -1 else None)]})
-    if config.executor == "local":
-        for stage in stages:  # one after the other; datatrove skips the tasks a previous run finished
-            logs = work / "logs" / stage["name"]
-            executor = make_executor(config, stage, logs)
-            executor.run()
-            failed = executor.get_incomplete_ranks(skip_completed=True)
-            if failed:
-                raise RuntimeError(f"data: stage '{stage['name']}': {len(failed)} of {stage['tasks']} tasks failed "
-                                   f"(logs in {logs}/logs); run again to retry them")
+    if config.executor in ("local", "ray"):
+        # One stage after the other (Ray too: with ``depends``, datatrove's Ray executor waits forever for a stage
+        # with a failed task); datatrove skips the tasks a previous run finished.
+        with _ray_session() if config.executor == "ray" else contextlib.nullcontext():
+            for stage in stages:
+                logs = work / "logs" / stage["name"]
+                executor = make_executor(config, stage, logs)
+                executor.run()
+                failed = executor.get_incomplete_ranks(skip_completed=True)
+                if failed:
+                    raise RuntimeError(f"data: stage '{stage['name']}': {len(failed)} of {stage['tasks']} tasks "
+                                       f"failed (logs in {logs}/logs); run again to retry them")
     else:
         executor = None
         for stage in stages:
             executor = make_executor(config, stage, work / "logs" / stage["name"], depends=executor)
-        executor.run()  # Slurm: submits the chain of jobs and returns; Ray: runs the chain
-        if config.executor == "slurm":  # (an old RUN/data stays there until the last job replaces it)
-            logger.info("data: submitted; %s appears when the last job finishes", final)
-            return final
-        if out.exists():
-            raise RuntimeError(f"data: the run ended before publishing {final} (logs in {work / 'logs'}); "
-                               f"run again to resume it")
+        executor.run()  # Slurm: submits the chain of jobs and returns (an old RUN/data stays until the last job)
+        logger.info("data: submitted; %s appears when the last job finishes", final)
+        return final
     stats = json.loads((final / "stats.json").read_text())
     for step in stats["steps"]:
         logger.info("data: %-18s docs %7d -> %7d  chars %10s -> %10s  %s", step["step"], step["docs_in"],
