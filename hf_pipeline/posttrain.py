@@ -12,8 +12,8 @@
 
 A stage subclasses ``PostTrainingStage`` and fills in what is its own: ``load_data``, ``make_trainer``, ``measure``,
 and optionally ``load_start`` (its model preparation), ``after_train``, ``save_extra`` and ``stage_metrics``. The
-starting model is measured before the trainer is built (whose construction seeds the training's random state afresh), unless the
-stage sets ``measures_with_trainer`` (sft: its held-out loss is the trainer's own evaluation).
+starting model is measured before the trainer is built (whose construction seeds the training's random state
+afresh), unless the stage sets ``measures_with_trainer`` (sft: its held-out loss is the trainer's own evaluation).
 
 Under ``accelerate launch`` with several processes every process loads, measures and trains (the Trainer shards the
 batches and saves checkpoints once); only the main process creates, writes and renames the stage folder, and the
