@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .config import DPOStageConfig
 from .evals.preference import JudgedMeasures
-from .posttrain import PostTrainingStage, read_chat_config
+from .posttrain import PostTrainingStage, chat_policy_defaults, trainer_args
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -35,13 +35,8 @@ class DPOStage(JudgedMeasures, PostTrainingStage):
     """DPOTrainer on preference pairs; measures: the judge on held-out prompts, win rate against the start."""
 
     def load_start(self, path: str, work: Path):
-        from .engine import stop_token_ids
-
         model, tokenizer = super().load_start(path, work)
-        model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        self.tokenizer = tokenizer
-        self.chat_config = read_chat_config(path)
+        self.chat_config = chat_policy_defaults(model, tokenizer, path)
         return model, tokenizer
 
     def load_data(self, tokenizer) -> None:
@@ -62,21 +57,9 @@ class DPOStage(JudgedMeasures, PostTrainingStage):
     def make_trainer(self, model, tokenizer, output_dir: str):
         from trl import DPOConfig, DPOTrainer
 
-        from .model import precision_args, tracking_args
-
         config = self.config
-        args = DPOConfig(
-            output_dir=output_dir, beta=config.beta, loss_type=list(config.loss_type), max_length=config.max_length,
-            per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler_type,
-            warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-            max_steps=config.max_steps, num_train_epochs=config.num_epochs,
-            **precision_args(config.bf16, "dpo"), activation_checkpointing=False,
-            logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-            save_total_limit=2, seed=config.seed, data_seed=config.seed, **tracking_args(config),
-            dataset_num_proc=None,
-        )
+        args = DPOConfig(**trainer_args(config, output_dir), beta=config.beta, loss_type=list(config.loss_type),
+                         max_length=config.max_length, dataset_num_proc=None)
         columns = ["prompt", "chosen", "rejected"]
         ref_model = None if config.use_lora else copy.deepcopy(model).eval()  # LoRA: the adapter switched off
         return DPOTrainer(model=model, ref_model=ref_model, args=args,

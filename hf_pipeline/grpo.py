@@ -48,7 +48,7 @@ from pathlib import Path
 
 from .artifacts import is_main_process, wait_for_everyone
 from .config import ConfigError, GRPOStageConfig
-from .posttrain import PostTrainingStage, read_chat_config
+from .posttrain import PostTrainingStage, chat_policy_defaults, trainer_args
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -114,8 +114,6 @@ class GRPOStage(PostTrainingStage):
     callbacks: tuple = ()
 
     def load_start(self, path: str, work: Path):
-        from .engine import stop_token_ids
-
         model, tokenizer = super().load_start(path, work)
         if (Path(path) / "adapter_config.json").is_file() and self.config.beta > 0 and not self.config.use_lora:
             if is_main_process():  # written once; the other processes wait for it
@@ -124,9 +122,7 @@ class GRPOStage(PostTrainingStage):
             model.config._name_or_path = str(work / REFERENCE_DIR)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)  # <|im_end|> ends every completion
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        self.chat_config = read_chat_config(path)  # the SFT model's chat defaults (system message, name) carry over
+        self.chat_config = chat_policy_defaults(model, tokenizer, path)
         return model, tokenizer
 
     def load_data(self, tokenizer) -> None:
@@ -144,11 +140,10 @@ class GRPOStage(PostTrainingStage):
         from trl import GRPOConfig, GRPOTrainer
 
         from .engine import stop_token_ids
-        from .model import precision_args, tracking_args
 
         config = self.config
         args = GRPOConfig(
-            output_dir=output_dir,
+            **trainer_args(config, output_dir),
             # rollouts: batch_size completions per micro-step, num_generations of them per problem
             num_generations=config.num_generations, max_completion_length=config.max_completion_length,
             temperature=config.temperature, top_k=0, top_p=1.0, use_vllm=config.use_vllm, vllm_mode="colocate",
@@ -157,18 +152,7 @@ class GRPOStage(PostTrainingStage):
             # the objective
             beta=config.beta, loss_type=config.loss_type, scale_rewards=config.scale_rewards,
             num_iterations=config.num_iterations, reward_weights=self.reward_weights, disable_dropout=True,
-            mask_truncated_completions=getattr(config, "mask_truncated_completions", False),
-            # optimisation
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler_type,
-            warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-            max_steps=config.max_steps, num_train_epochs=config.num_epochs,
-            **precision_args(config.bf16, "grpo"),
-            activation_checkpointing=False,  # small models: recomputing costs more than it saves
-            # bookkeeping
-            logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-            save_total_limit=2, seed=config.seed, data_seed=config.seed, **tracking_args(config), log_completions=False,
+            mask_truncated_completions=getattr(config, "mask_truncated_completions", False), log_completions=False,
         )
         if config.freeze_embeddings and not config.use_lora:  # LoRA leaves both fixed anyway
             model.get_input_embeddings().requires_grad_(False)

@@ -121,6 +121,7 @@ class PostTrainingStage:
         work, resume_from = resume_or_start(final, config_to_dict(config), config.resume and not config.overwrite)
         transformers.set_seed(config.seed)
         model, tokenizer = self.load_start(model_path, work)
+        self.tokenizer = tokenizer
         self.load_data(tokenizer)
         # 1. The starting model, measured once (a resumed run reads what the killed one measured): before the
         #    trainer is built, unless the stage measures with it (sft's held-out loss is trainer.evaluate()).
@@ -201,6 +202,34 @@ class PostTrainingStage:
             before, now = metrics.get(f"{key}_before"), metrics.get(f"{key}_after")
             shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (before, now)]
             logger.info("%s: %-22s %s -> %s", name, key, *shown)
+
+
+def trainer_args(config: PostTrainingConfig, output_dir: str) -> dict:
+    """The ``TrainingArguments`` every post-training stage shares (TRL's configs take them all): the optimisation
+    fields of the recipe, precision for this hardware, checkpoints, seeds, trackers."""
+    from .model import precision_args, tracking_args
+
+    return dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, max_steps=config.max_steps,
+        num_train_epochs=config.num_epochs, **precision_args(config.bf16, config.stage),
+        activation_checkpointing=False,  # small models: recomputing costs more than it saves
+        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        seed=config.seed, data_seed=config.seed, **tracking_args(config),
+    )
+
+
+def chat_policy_defaults(model, tokenizer, path: str) -> dict:
+    """A chat model about to be trained further (grpo, dpo, rlhf): its generation stops at ``<|im_end|>`` and pads
+    with the pad token; returns the chat defaults beside it (system message, name), which the stage carries over."""
+    from .engine import stop_token_ids
+
+    model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)  # <|im_end|> ends every completion
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return read_chat_config(path)
 
 
 def read_chat_config(model_path: str) -> dict:

@@ -31,6 +31,7 @@ annotators; seconds per phase.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -93,7 +94,7 @@ def roll_out(config: RankConfig, work: Path) -> dict[str, dict]:
                 rollouts[row["id"]] = {**row, "completions": [r["reply"] for r in mine],
                                        "stopped": [r["stopped"] for r in mine], "tokens": [r["tokens"] for r in mine]}
                 out.write(json.dumps(rollouts[row["id"]]) + "\n")
-            sampling = SamplingParams(**{**sampling.__dict__, "seed": None})  # seeded once, then the stream goes on
+            sampling = dataclasses.replace(sampling, seed=None)  # seeded once, then the stream goes on
     path.with_suffix(".partial").rename(path)  # complete, or read again from the start
     return rollouts
 

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from .config import ConfigError, RewardStageConfig
-from .posttrain import PostTrainingStage
+from .posttrain import PostTrainingStage, trainer_args
 
 logger = logging.getLogger("hf_pipeline")
 
@@ -68,21 +68,11 @@ class RewardStage(PostTrainingStage):
     """RewardTrainer on preference pairs; measures: held-out pairwise accuracy and margin."""
 
     def load_start(self, path: str, work: Path):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from .evals.preference import load_reward_model
 
-        from .evals.preference import check_pad_token
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"reward.model: cannot load {path} ({str(e).splitlines()[0][:200]})") from None
+        model, tokenizer = load_reward_model(path, "reward.model")
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(f"reward.model: {path} has no chat template in its tokenizer")
-        check_pad_token(model, tokenizer, "reward.model")
-        if torch.cuda.is_available():
-            model.to("cuda")
         return model, tokenizer
 
     def load_data(self, tokenizer) -> None:
@@ -107,22 +97,10 @@ class RewardStage(PostTrainingStage):
     def make_trainer(self, model, tokenizer, output_dir: str):
         from trl import RewardConfig, RewardTrainer
 
-        from .model import precision_args, tracking_args
-
         config = self.config
-        args = RewardConfig(
-            output_dir=output_dir, max_length=config.max_length,
-            center_rewards_coefficient=config.center_rewards_coefficient or None,
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler_type,
-            warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-            max_steps=config.max_steps, num_train_epochs=config.num_epochs,
-            **precision_args(config.bf16, "reward"), activation_checkpointing=False,
-            logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
-            save_total_limit=2, seed=config.seed, data_seed=config.seed, **tracking_args(config),
-            dataset_num_proc=None,
-        )
+        args = RewardConfig(**trainer_args(config, output_dir), max_length=config.max_length,
+                            center_rewards_coefficient=config.center_rewards_coefficient or None,
+                            dataset_num_proc=None)
         return RewardTrainer(model=model, args=args, train_dataset=self.train.remove_columns("prompt_id"),
                              processing_class=tokenizer,
                              peft_config=config.lora_config(task_type="SEQ_CLS") if config.use_lora else None)

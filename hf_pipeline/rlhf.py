@@ -182,10 +182,6 @@ class RLHFStage(JudgedMeasures, GRPOStage):
                     "%s, judge %s", len(self.train), len(self.eval_prompts), len(self.guard_prompts),
                     config.guard_steps, config.input_ref("reward_model"), config.judge)
 
-    def load_start(self, path: str, work: Path):
-        model, self.tokenizer = super().load_start(path, work)
-        return model, self.tokenizer
-
     def after_train(self, trainer) -> None:
         guard = self.guard
         if guard.best is not None and guard.best_state is not None and guard.best["step"] != trainer.state.global_step:

@@ -42,7 +42,7 @@ import logging
 from pathlib import Path
 
 from .config import ConfigError, SFTStageConfig
-from .posttrain import PostTrainingStage
+from .posttrain import PostTrainingStage, trainer_args
 from .tokenizer import IM_END, IM_SEP, IM_START
 from .tools.traces import system_line
 
@@ -182,29 +182,16 @@ class SFTStage(PostTrainingStage):
     def make_trainer(self, model, tokenizer, output_dir: str):
         from trl import SFTConfig, SFTTrainer
 
-        from .model import precision_args, tracking_args
-
         config, train, heldout = self.config, self.train, self.heldout
         args = SFTConfig(
-            output_dir=output_dir,
+            **trainer_args(config, output_dir),
             # data: the chat template renders each conversation; loss on the assistant's tokens; <|im_end|> ends a turn
             max_length=config.max_length, packing=config.packing, assistant_only_loss=True,
             eos_token=IM_END if IM_END in tokenizer.get_vocab() else None,
             dataset_num_proc=config.num_proc if len(train) >= 1000 * config.num_proc else None,
-            # optimisation
-            per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
-            lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio,
-            weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, max_steps=config.max_steps,
-            num_train_epochs=config.num_epochs,
             train_sampling_strategy="group_by_length",  # batches of similar lengths: little padding
-            **precision_args(config.bf16, "sft"),
-            activation_checkpointing=False,  # small models: recomputing costs more than it saves
-            # bookkeeping
             eval_strategy="steps" if config.eval_steps and heldout is not None else "no",
             eval_steps=config.eval_steps or None,
-            save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-            logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed, **tracking_args(config),
         )
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=train, eval_dataset=heldout, processing_class=tokenizer,

@@ -30,21 +30,9 @@ class RewardScorer:
 
     @classmethod
     def load(cls, ref: str, what: str = "reward_model") -> "RewardScorer":
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         from ..refs import resolve_model
 
-        path = resolve_model(ref)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{what}: cannot load a reward model from {ref} ({str(e).splitlines()[0][:200]})") \
-                from None
-        check_pad_token(model, tokenizer, what)
-        if torch.cuda.is_available():
-            model.to("cuda")
+        model, tokenizer = load_reward_model(resolve_model(ref), what)
         return cls(model.eval(), tokenizer)
 
     def texts(self, prompts: Sequence[list], replies: Sequence[str]) -> list[str]:
@@ -71,6 +59,25 @@ class RewardScorer:
             self.tokenizer.padding_side, self.tokenizer.truncation_side = sides
             self.model.train(was_training)
         return scores
+
+
+def load_reward_model(path: str, what: str):
+    """``(model, tokenizer)``: a sequence-classification model with one score (a causal LM folder gets a fresh score
+    head), float32, on the accelerator if there is one; its pad token checked (``check_pad_token``)."""
+    import os
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{what}: cannot load a reward model from {path} ({str(e).splitlines()[0][:200]})") from None
+    check_pad_token(model, tokenizer, what)
+    if torch.cuda.is_available():
+        model.to(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
+    return model, tokenizer
 
 
 def check_pad_token(model, tokenizer, what: str) -> None:
@@ -105,7 +112,8 @@ def judge_policy(engine, prompts: Sequence[list], judge, scorer: RewardScorer | 
     Returns ``(metrics, rows)``: ``judge_score`` (mean judge score), ``proxy_reward`` (mean reward model score, with
     a scorer), ``degenerate_share`` and its parts (``repetition_share``, ``truncated_share``, ``short_share``,
     ``empty_share``),
-    ``mean_tokens``, ``judge_<check>`` (a judge with ``parts``: each check's mean), ``distinct_share`` (distinct replies / replies: 1 / n when one reply answers everything);
+    ``mean_tokens``, ``judge_<check>`` (a judge with ``parts``: each check's mean), ``distinct_share`` (distinct
+    replies / replies: 1 / n when one reply answers everything);
     ``rows`` holds per prompt its replies and scores (``prompt``, ``replies``, ``judge``), for
     ``win_rate``; the first ``keep_samples`` become the stage's samples.
     """
@@ -149,8 +157,8 @@ def win_rate(rows, baseline_rows) -> float | None:
 class JudgedMeasures:
     """The measures of a stage that trains a policy on preferences (rlhf, dpo): replies on held-out prompts judged
     (``judge_policy``), before and after; ``win_rate`` of the trained model against the start in
-    ``judged_metrics``. The stage sets ``tokenizer``, ``judge_fn``, ``scorer`` (or None), ``eval_prompts`` and
-    ``generation`` (``max_new_tokens``, ``temperature``)."""
+    ``judged_metrics``. The lifecycle sets ``tokenizer``; the stage sets ``judge_fn``, ``scorer`` (or None),
+    ``eval_prompts`` and ``generation`` (``max_new_tokens``, ``temperature``)."""
 
     scorer = None
 
