@@ -413,10 +413,11 @@ RUN_INDEX = "run.json"  # in the run's repo: each stage's repo, type and commit
 
 
 def is_run_folder(folder: Path) -> bool:
-    """A run folder holds stage folders (``<stage>/config.yaml``) and is not a stage folder itself."""
+    """A run folder holds stage folders (``<stage>/config.yaml``, finished or not) and is not a stage folder itself."""
     from .stages import stage_names
 
-    return not (folder / CONFIG_FILE).is_file() and any((folder / s / CONFIG_FILE).is_file() for s in stage_names())
+    return not (folder / CONFIG_FILE).is_file() and any(
+        (folder / name / CONFIG_FILE).is_file() for s in stage_names() for name in (s, f"{s}{INCOMPLETE_SUFFIX}"))
 
 
 def stage_repo_id(repo_id: str, stage: str) -> str:

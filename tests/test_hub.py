@@ -334,3 +334,11 @@ def test_push_and_pull_a_whole_run(tiny_run, hub, tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(back / "pretrain"))  # loads as pushed
+
+
+def test_push_refuses_a_run_with_no_finished_stage(tiny_run, hub, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "pretrain", run / "pretrain.incomplete")  # killed before it finished
+    pushed = run_cli("push", run, "--repo-id", "me/unfinished", env=hub.env(tmp_path / "hf"))
+    assert pushed.returncode == 2 and f"push: {run}: no finished stage to push" in pushed.stderr
+    assert "Traceback" not in pushed.stderr

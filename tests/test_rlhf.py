@@ -334,3 +334,16 @@ def test_a_person_ranks_on_the_web_page_served_by_the_rank_command(tiny_run, tmp
     assert {r["annotator"] for r in rankings} == {"clicker"}
     metrics = json.loads((tmp_path / "rank" / "metrics.json").read_text())
     assert metrics["ranked"] == 2 and metrics["pairs_train"] == 12 and metrics["annotators"] == {"clicker": 2}
+
+
+@pytest.mark.parametrize("stage, args, message", [
+    ("rlhf", ["--judge", "gld"], "rlhf.judge: unknown judge 'gld' (did you mean 'gold'?)"),
+    ("dpo", ["--judge", "runs/nope/reward"], "dpo.judge: runs/nope/reward does not exist"),
+    ("rank", ["--judge", "glod"], "rank.judge: unknown judge 'glod' (did you mean 'gold'?)"),
+    ("rank", ["--rankings", "no/such/rankings.jsonl"], "rank.rankings: no/such/rankings.jsonl is not a file"),
+    ("rank", ["--k", "1"], "rank.k: must be >= 2"),
+])
+def test_a_bad_rlhf_setting_is_one_line(tmp_path, stage, args, message):
+    result = run_cli(stage, "--output_dir", tmp_path, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-1000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
