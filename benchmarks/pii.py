@@ -11,7 +11,8 @@ with) a gold span of the same type; precision = such predictions / all predictio
 recalled when some prediction of the same type overlaps it; recall = recalled gold spans / gold spans of the type.
 (A type with no predictions has precision 1.000 by convention, shown with its counts.)
 
-Prints per type the gold/predicted/correct counts, precision and recall, documents per second for ``find_pii``, and
+Prints per type the gold/predicted/correct/found counts, the errors (``missed`` gold spans = gold - found, ``false``
+predictions = predicted - correct), precision, recall and F1, documents per second for ``find_pii``, and
 last: ``pii precision email=<p> phone=<p> ip=<p> recall email=<r> phone=<r> ip=<r>``.
 """
 
@@ -69,11 +70,14 @@ def main() -> None:
 
     precision = {t: pred_ok[t] / pred_n[t] if pred_n[t] else 1.0 for t in TYPES}
     recall = {t: gold_found[t] / gold_n[t] if gold_n[t] else 1.0 for t in TYPES}
+    f1 = {t: 2 * precision[t] * recall[t] / (precision[t] + recall[t]) if precision[t] + recall[t] else 0.0
+          for t in TYPES}
     print(f"{len(records)} documents, {sum(len(r['full_text']) for r in records)} characters; "
           "span-level, a prediction is right when it overlaps a gold span of its type")
     for t in TYPES:
         print(f"{PRESIDIO_NAMES[t]:14s} gold={gold_n[t]:4d} predicted={pred_n[t]:4d} correct={pred_ok[t]:4d} "
-              f"found={gold_found[t]:4d}  precision={precision[t]:.3f} recall={recall[t]:.3f}")
+              f"found={gold_found[t]:4d} missed={gold_n[t] - gold_found[t]:3d} false={pred_n[t] - pred_ok[t]:3d}  "
+              f"precision={precision[t]:.3f} recall={recall[t]:.3f} f1={f1[t]:.3f}")
     if args.show_errors:
         print("\n".join(errors))
     print(f"find_pii: {len(records) / elapsed:.0f} docs/s ({elapsed:.3f} s)")

@@ -18,11 +18,12 @@ PRESIDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "pii" / "pr
 RECORDS = json.loads(PRESIDIO.read_text(encoding="utf-8"))
 
 # phone formats as they occur in the file: international with (0), NANP with extension, French dots, dashed pairs,
-# Belgian/British trunk 0, bracketed area codes, and short local numbers / a bare run next to "Phone:" / "Desk:"
+# Belgian/British trunk 0, bracketed area codes, and short local numbers / a bare run next to "Phone:" / "Desk:",
+# after "not answering at" and "my registered"
 PHONE_FORMATS = ["+41 (0)69 979 80 58", "+46 (0)8 928 571 38", "+447700 921 916", "+1-984-182-0190",
                  "345-899-3560x4587", "001-253-366-9781", "(602)272-9781", "780-999-2181", "01.84.17.61.18",
                  "60-56-85-91", "0494 92 82 32", "07700 063 966", "0961-7596216", "(37) 788-063", "(64) 3591-3246",
-                 "467 3395", "21 284 698 2548", "416 60 039", "5403926876"]
+                 "467 3395", "21 284 698 2548", "416 60 039", "5403926876", "99 668472", "516 466 638", "668 5702"]
 
 
 def records_with(entity_type: str, value: str | None = None):
@@ -76,6 +77,70 @@ KEPT = [
 def test_look_alikes_are_kept(text):
     assert find_pii(text) == []
     assert scrub(text) == (text, {"email": 0, "ip": 0, "phone": 0})
+
+
+# weak numbers (bare runs, space-separated groups) after a phrase that names a phone number without a phone word,
+# after a phone word with "number"/"no."/"#", or after a verb of reaching someone by phone with "at"/"on"
+PHONE_PHRASES = [
+    ("My number is 5403926876.", "5403926876"),
+    ("his home number: 416 60 039", "416 60 039"),
+    ("text your no. 467 3395 to us", "467 3395"),
+    ("my # is 72 128 827", "72 128 827"),
+    ("my #5403926876", "5403926876"),
+    ("Phone #5403926876", "5403926876"),
+    ("Tel. No.: 540 392 6876", "540 392 6876"),
+    ("The phone number is 5403926876", "5403926876"),
+    ("contact no. 5403926876", "5403926876"),
+    ("contact number 5403926876", "5403926876"),
+    ("You can reach me at 5403926876 after six.", "5403926876"),
+    ("reach us on 555 1234", "555 1234"),
+    ("text me at 5403926876", "5403926876"),
+    ("ring him back on 72 128 827", "72 128 827"),
+    ("She can be reached at 21 284 698 2548.", "21 284 698 2548"),
+    ("reachable on 467 3395", "467 3395"),
+    ("Nobody is answering at 99 668472", "99 668472"),
+    ("the code went to your registered 668 5702.", "668 5702"),
+]
+
+
+@pytest.mark.parametrize("text,number", PHONE_PHRASES)
+def test_phone_phrases_take_weak_numbers(text, number):
+    assert [(k, text[s:e]) for k, s, e in find_pii(text)] == [("phone", number)]
+
+
+# the same number shapes where nothing says "phone": IDs with their own noun, "#" of an order or ticket, a bare
+# "number:" label, "reached" as a count, and dates, year ranges, cards, IPs and versions even after a phone phrase
+PHONE_PHRASE_NEAR_MISSES = [
+    "Order number 1234567890",
+    "my order number is 1234567890",
+    "my account no. 1234567890, your tracking # 1234567890",
+    "Ticket #555-123-4567, invoice #0494 92 82 32, issue #12345678901",
+    "Number: 5403926876",
+    "The population reached 12 345 678; we reached 12 345 678 users.",
+    "my number of visits is 12 345 678",
+    "my registered trademark 1234567",
+    "my number is 2021-03-04, reach me at 1999-2001",
+    "my number: 4007 0707 5369 0781",
+    "my number is 192.168.1.1, reach me at version 1.2.3.4",
+    "Call #1234567",
+]
+
+
+@pytest.mark.parametrize("text", PHONE_PHRASE_NEAR_MISSES)
+def test_phone_phrase_near_misses_are_kept(text):
+    assert find_pii(text) == []
+
+
+# IPv4 text forms: with a port, a CIDR suffix, in brackets or quotes, in a URL, after "IP:", at a sentence's end
+IPV4_FORMS = ["server 8.8.8.8:53 is down", "block 41.173.96.26/24 now", "peer [8.8.8.8] left", 'host "8.8.8.8" ok',
+              "host '8.8.8.8'.", "it came from 8.8.8.8.", "IP:8.8.8.8", "ip=8.8.8.8;", "see http://8.8.8.8/x",
+              "(8.8.8.8)", "<8.8.8.8>", "::ffff:8.8.8.8", "SELECT * FROM t WHERE ip = ?%20|8.8.8.8|%20"]
+
+
+@pytest.mark.parametrize("text", IPV4_FORMS)
+def test_ipv4_text_forms(text):
+    address = "8.8.8.8" if "8.8.8.8" in text else "41.173.96.26"
+    assert [(k, text[s:e]) for k, s, e in find_pii(text)] == [("ip", address)]
 
 
 def test_credit_cards_in_the_file_are_not_phones():
@@ -139,9 +204,9 @@ def test_benchmark_last_line_and_floors():
     recall = dict(kv.split("=") for kv in last[6:9])
     assert list(precision) == list(recall) == ["email", "phone", "ip"]
     assert all(len(v.split(".")[1]) == 3 for v in (*precision.values(), *recall.values()))
-    # measured on this file: precision 1.000 / 1.000 / 1.000, recall 1.000 / 0.938 / 1.000
+    # measured on this file: precision 1.000 / 1.000 / 1.000, recall 1.000 / 1.000 / 1.000 (phone was 0.938)
     floors_p = {"email": 0.95, "phone": 0.95, "ip": 0.95}
-    floors_r = {"email": 0.95, "phone": 0.88, "ip": 0.95}
+    floors_r = {"email": 0.95, "phone": 0.95, "ip": 0.95}
     assert all(float(precision[k]) >= floors_p[k] for k in floors_p), precision
     assert all(float(recall[k]) >= floors_r[k] for k in floors_r), recall
     assert any("docs/s" in line for line in out)

@@ -8,17 +8,24 @@ keeps its behaviour and defaults for those two and adds IPv6 and phone numbers:
   as ``logo@2x.png`` left alone.
 * IPv4: datatrove's regex plus boundaries (no piece of ``1.2.3.4.5`` or ``v1.2.3.4``, nothing after "version"), kept
   unless ``ipaddress`` says it is global: private, loopback, link-local, reserved, CGNAT ranges stay, as in datatrove.
+  The address alone is taken in its usual text forms: with a port or CIDR suffix (``8.8.8.8:53``, ``8.8.8.8/24``),
+  in brackets or quotes, in a URL, after ``IP:``/``ip=``, before a sentence's final period. Left alone: leading zeros
+  (``008.008.008.008``, which ``ipaddress`` rejects), an address glued to a word (``ip_8.8.8.8``, ``8.8.8.8.Next``).
 * IPv6: any colon-hex token that ``ipaddress`` parses, replaced only when it is global *and* inside 2000::/3 (all
   assigned public unicast space; Python calls e.g. ``12::30`` global, but that is a slice, not an address).
 * phones: a few regexes in two tiers (see ``_PHONE``). *Strong* shapes are taken anywhere: a ``+`` country code,
   North American ``(555) 123-4567`` / ``555-123-4567`` / ``555 123 4567`` (with ``1-`` or ``001-`` and ``x123``
   extensions), national numbers with a trunk ``0`` in groups (``0494 92 82 32``, ``01.84.17.61.18``), dashed pairs
   (``60-56-85-91``) and a bracketed area code (``(37) 788-063``). *Weak* shapes (space- or dash-separated groups
-  such as ``467 3395`` or ``72 128 827``, bare 10-11 digit runs) are taken only next to a phone word ("phone", "tel",
-  "mobile", "fax", "call", ... before, or "office"/"fax"/"mobile" just after). All candidates must have 7-15 digits
-  (strong ones 8, unless written with ``+`` or a bracket) and not look like a date, a year range, a US SSN or an
-  ISBN; digit runs that continue a longer number (card numbers, IBANs, IDs) never match part-way.
-  IPv4-shaped dotted groups are never phones.
+  such as ``467 3395`` or ``72 128 827``, bare 10-11 digit runs) are taken only next to a phone word: "phone",
+  "tel", "mobile", "fax", "call", "contact", ... up to two words before ("phone number is", "Tel. No.:", "Phone #"),
+  a phrase naming someone's number ("my number is", "his home no.", "your #", "my registered"), a verb of reaching
+  by phone with "at"/"on" ("reach me at", "text us on", "can be reached at", "not answering at"), or
+  "office"/"fax"/"mobile" just after. A number right after ``#`` is weak whatever its shape ("Phone #5403926876" is
+  taken, "Order #1234567890" and "Ticket #555-123-4567" are not); "number:" alone, "order/account number" and a bare
+  "reached" are no phone words. All candidates must have 7-15 digits (strong ones 8, unless written with ``+`` or a
+  bracket) and not look like a date, a year range, a US SSN or an ISBN; digit runs that continue a longer number
+  (card numbers, IBANs, IDs) never match part-way. IPv4-shaped dotted groups are never phones.
 
 Matches are resolved emails first, then IPs, then phones (a phone never overlaps an email or IP). Default
 placeholders follow datatrove's idea of realistic stand-ins, so that a model trained on the text does not learn a
@@ -69,7 +76,8 @@ _GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
 _SEP = r"[ .\-]"  # one separator between digit groups
 _EXT = r"(?:\s?(?:x|ext\.?|extension)\s?\d{1,5})?"  # 345-899-3560x4587, 555-0100 ext. 12
 _PHONE = re.compile(
-    r"(?<![\w.+/$€£¥#-])(?<!\d[ .\-/])"  # start at a number's start: not inside 4007 0707 5369 0781, 1.5, $12
+    r"(?<![\w.+/$€£¥-])(?<!\d[ .\-/])"  # start at a number's start: not inside 4007 0707 5369 0781, 1.5, $12
+    # (right after "#" a number may start, but _phone_ok then wants a phone word: "Phone #5403926876", not "Order #")
     r"(?:(?P<strong>"
     r"\+\d{1,3}(?:[ .\-]?\(\d{1,4}\))?(?:[ .\-]?\d{1,6}){1,6}"  # +1-984-182-0190, +46 (0)8 928 571 38, +447700 921 916
     r"|(?:(?:\+?1|001)[ .\-]?)?(?:\(\d{3}\)[ .\-]?|\d{3}" + _SEP + r")\d{3}" + _SEP + r"\d{4}"  # NANP: (602)272-9781
@@ -81,10 +89,20 @@ _PHONE = re.compile(
     r"|\d{10,11}"  # a bare run: 5403926876 (context needed)
     r"))" + _EXT + r"(?![ .\-/:]?\d)"  # and the number ends here (not a time, not a longer number)
 )
-# A weak candidate is a phone only with one of these words just before it ("Phone:\n", "call me on ") ...
+# A weak candidate is a phone only with one of these words just before it ("Phone:\n", "call me on ",
+# "phone number is ", "Tel. No.: ", "contact #") ...
 _PHONE_WORD_BEFORE = re.compile(
     r"(?i)\b(?:phone|telephone|tel|tél|mobile|mob|cell|cellphone|fax|call|dial|sms|whatsapp|hotline|desk|contact"
     r"|ph|telefon|teléfono|téléphone)\b\.?(?:\W{1,4}\w+){0,2}\W{1,4}$"
+    # ... or a phrase that names a number without a phone word: "my number is ", "his home no. ", "your #", "on my
+    # registered " (a registered number *is* a phone: order/account/serial numbers need their noun, so they stay)
+    r"|\b(?:my|your|his|her|our|their)\s+(?:(?:home|work|office|direct|private|personal|new|old|other)\s+)?"
+    r"(?:number\b|no\.|#)(?:\s+(?:is|was))?\W{0,4}$"
+    r"|\b(?:my|your|his|her|our|their)\s+registered\W{1,4}$"
+    # ... or a verb of reaching someone by phone with its "at"/"on": "reach me at ", "text us on ", "can be reached
+    # at ", "reachable on ", "(not) answering at " (a bare "reach"/"reached" is not enough: "reached 12 345 678")
+    r"|\b(?:(?:reach|text|ring|message|ping)\s+(?:me|us|him|her|them)(?:\s+back)?|be\s+reached|reachable"
+    r"|answering)\s+(?:at|on)\W{1,4}$"
 )
 # ... or one of these labels just after it ("416 60 039 office", "(37) 788-063-Office")
 _PHONE_WORD_AFTER = re.compile(r"(?i)^\W{1,3}(?:office|fax|mobile|cell|phone|tel|home|work|desk)\b")
@@ -117,8 +135,9 @@ def _phone_ok(text: str, m: re.Match) -> bool:
     if not 7 <= digits <= 15 or _NOT_PHONE.fullmatch(number) or _ISBN_BEFORE.search(text, max(0, m.start() - 10),
                                                                                       m.start()):
         return False
-    if m.group("strong"):
+    if m.group("strong") and text[m.start() - 1:m.start()] != "#":  # "#555-123-4567" is an issue/order number...
         return digits >= 8 or number.startswith(("+", "("))
+    # ... unless a phone word says otherwise, as for every weak candidate
     return bool(_PHONE_WORD_BEFORE.search(text, max(0, m.start() - 40), m.start())
                 or _PHONE_WORD_AFTER.match(text[m.end():m.end() + 12]))
 
