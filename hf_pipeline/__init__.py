@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # configs
     "SharedConfig": "config", "Source": "config", "ConfigError": "config", "DataConfig": "config",
+    "QualityConfig": "config", "ClassifierSpec": "config",
     "TokenizerConfig": "config", "PretrainConfig": "config", "PostTrainingConfig": "config",
     "SFTStageConfig": "config", "GRPOStageConfig": "config", "FactsConfig": "config", "ProbeConfig": "config",
     "IndexConfig": "config", "RankConfig": "config", "RewardStageConfig": "config", "RLHFStageConfig": "config",

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,10 @@ RANGES: dict[str, str] = {
     # data
     "limit": ">= -1", "tasks": ">= 0 (0: as many as workers)", "workers": ">= 0 (0: num_proc)", "extractor_timeout": "> 0", "language_threshold": "[0, 1]",
     "minhash_ngrams": ">= 1", "minhash_buckets": ">= 1", "minhash_hashes_per_bucket": ">= 1",
+    # quality classifier
+    "min_words": ">= 1", "max_words": ">= 1", "max_passages_per_source": ">= 1", "group_rows": ">= 1",
+    "quality.heldout_fraction": "(0, 1)", "threshold": "[0, 1]", "epoch": ">= 1", "word_ngrams": ">= 1",
+    "dim": ">= 1", "min_count": ">= 1", "bucket": ">= 1",
     # tokenizer
     "vocab_size": ">= 1", "min_frequency": ">= 1", "max_train_chars": ">= 1", "heldout_fraction": "[0, 1)",
     # model and optimisation
@@ -362,6 +367,123 @@ class PretrainConfig(SharedConfig):
 
 
 @dataclass
+class ClassifierSpec:
+    """One document classifier of the data stage (``hf_pipeline/data/quality.py``): ``name`` names the score
+    (``<name>_score``) and the step in the stats; ``model`` is RUN/quality, a fastText file or folder, a transformers
+    sequence-classification folder, or a Hub id (``filename``: which file of a repo); ``label`` the label scored
+    (default: the positive label of a classifier the quality stage trained). Documents scoring below ``min_score``
+    or above ``max_score`` are dropped (neither: scored only)."""
+
+    name: str
+    model: str
+    label: Optional[str] = None
+    filename: Optional[str] = None
+    min_score: Optional[float] = None
+    max_score: Optional[float] = None
+    max_length: int = 512
+    batch_size: int = 1
+
+
+def as_classifier(item, index: int, output_dir: str | None, taken: tuple[str, ...]) -> ClassifierSpec:
+    """A ClassifierSpec from a recipe mapping; one line naming the field for a bad value."""
+    where = f"data.classifiers[{index}]"
+    if isinstance(item, ClassifierSpec):
+        spec = item
+    elif isinstance(item, dict):
+        try:
+            spec = from_mapping(ClassifierSpec, item)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+    else:
+        raise ConfigError(f"{where}: a mapping {{name, model, min_score...}}, not {item!r}")
+    if not isinstance(spec.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", spec.name):
+        raise ConfigError(f"{where}.name: lower-case letters, digits and _ (it names a column), not {spec.name!r}")
+    if spec.name in taken:
+        raise ConfigError(f"{where}.name: '{spec.name}' is a step of the data stage; choose another")
+    if not isinstance(spec.model, str) or not spec.model:
+        raise ConfigError(f"{where}.model: a path or a Hub id, not {spec.model!r}")
+    spec.model = run_path(spec.model, output_dir)
+    for field_name in ("min_score", "max_score"):
+        value = getattr(spec, field_name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ConfigError(f"{where}.{field_name}: a number, not {value!r}")
+    if spec.min_score is not None and spec.max_score is not None and spec.min_score > spec.max_score:
+        raise ConfigError(f"{where}: min_score {spec.min_score} > max_score {spec.max_score} drops everything")
+    for field_name in ("max_length", "batch_size"):
+        value = getattr(spec, field_name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}.{field_name}: an integer >= 1, not {value!r}")
+    return spec
+
+
+@dataclass
+class QualityConfig(SharedConfig):
+    """A fastText quality classifier trained on reference text against crawl text (hf_pipeline/data/quality.py)."""
+
+    stage: ClassVar[str] = "quality"
+
+    positive: list[Source] = _help("Reference text sources (label positive_label): paths, globs, Hub ids.",
+                                   default_factory=list)
+    negative: list[Source] = _help("Crawl text sources (label negative_label).", default_factory=list)
+    positive_pages: list[str] = _help("Web files (HTML/WARC, globs, folders) whose main text is positive.",
+                                      default_factory=list)
+    negative_pages: list[str] = _help("Web files whose whole visible text (raw crawl) is negative.",
+                                      default_factory=list)
+    boilerplate_pages: list[str] = _help("Web files whose boilerplate (the page text the main-text extractor "
+                                         "leaves out) is negative.", default_factory=list)
+    url_map: Optional[str] = _help("JSON file {file name without extension: url} for plain HTML files.", default=None)
+    positive_label: str = _help("fastText label of reference text.", default="hq")
+    negative_label: str = _help("fastText label of crawl text.", default="cc")
+    min_words: int = _help("Words a passage needs (shorter rows are joined with the next).", default=20)
+    max_words: int = _help("Words a passage holds at most (longer rows are cut).", default=200)
+    max_passages_per_source: int = _help("Passages kept per source (a seeded sample).", default=2000)
+    group_rows: int = _help("Consecutive rows of a text source held out together.", default=20)
+    heldout_fraction: float = _help("Share of each source's groups (pages, runs of rows) held out.", default=0.2)
+    threshold: float = _help("Positive-label score at which held-out precision and recall are measured.",
+                             default=0.5)
+    epoch: int = _help("fastText epochs.", default=25)
+    learning_rate: float = _help("fastText learning rate.", default=0.5)
+    word_ngrams: int = _help("fastText word n-grams (2: DCLM's bigram classifier).", default=2)
+    dim: int = _help("fastText vector size.", default=64)
+    min_count: int = _help("fastText minimum word count.", default=1)
+    bucket: int = _help("fastText hash buckets of the word n-grams (model size: bucket x dim floats).",
+                        default=100_000)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.positive = as_sources(self.positive, self.output_dir)
+        self.negative = as_sources(self.negative, self.output_dir)
+        self.positive_pages = [run_path(p, self.output_dir) for p in self.positive_pages]
+        self.negative_pages = [run_path(p, self.output_dir) for p in self.negative_pages]
+        self.boilerplate_pages = [run_path(p, self.output_dir) for p in self.boilerplate_pages]
+        if self.min_words > self.max_words:
+            raise ConfigError(f"quality.min_words: {self.min_words} > max_words {self.max_words}")
+        if self.positive_label == self.negative_label:
+            raise ConfigError("quality: positive_label and negative_label must differ")
+        for name in ("positive_label", "negative_label"):
+            if not re.fullmatch(r"\S+", getattr(self, name) or ""):
+                raise ConfigError(f"quality.{name}: one word, not {getattr(self, name)!r}")
+
+    def check(self, planned: tuple[str, ...] = ()) -> None:
+        from .data.readers import input_files, load_url_map
+
+        pages_fields = {"positive": ("positive_pages",), "negative": ("negative_pages", "boilerplate_pages")}
+        for side, fields in pages_fields.items():
+            if not getattr(self, side) and not any(getattr(self, name) for name in fields):
+                raise ConfigError(f"quality: no {side} source ({', '.join((side, *fields))})")
+            self._check_sources(side, planned)
+            for name in fields:
+                for pages in getattr(self, name):
+                    try:
+                        input_files([pages])
+                    except ConfigError as e:
+                        raise ConfigError(f"quality.{name}: {e}") from None
+        load_url_map(self.url_map)
+        super().check(planned)
+
+
+@dataclass
 class DataConfig(SharedConfig):
     """FineWeb's recipe as datatrove steps: web pages in, a clean deduplicated dataset out (hf_pipeline/data/)."""
 
@@ -422,12 +544,23 @@ class DataConfig(SharedConfig):
     phone_replacement: list[str] = _help("Placeholder(s) for phone numbers, used in turn.", default_factory=list)
     keep_dropped: bool = _help("Also write dropped documents, with their reason, to RUN/data/dropped/<step>/.",
                                default=False)
+    # 4b. Model-based classifiers (hf_pipeline/data/quality.py), after the rule filters
+    classifiers: list[dict] = _help(
+        "Document classifiers, each {name, model (RUN/quality, a fastText file, a transformers folder or a Hub id), "
+        "label, filename, min_score (keep at least), max_score (drop above), max_length, batch_size}: the score "
+        "goes to the column <name>_score, drops are counted as dropped_<name>.", default_factory=list)
 
     STEP_KEYS: ClassVar[tuple[str, ...]] = ("url_filter", "extraction", "language", "gopher_repetition",
                                             "gopher_quality", "c4_quality", "fineweb_quality")
+    OTHER_KEYS: ClassVar[tuple[str, ...]] = ("read", "exact_dedup", "minhash_dedup", "pii")
 
     def __post_init__(self):
         super().__post_init__()
+        self.classifiers = [as_classifier(c, i, self.output_dir, (*self.STEP_KEYS, *self.OTHER_KEYS))
+                            for i, c in enumerate(self.classifiers)]
+        names = [c.name for c in self.classifiers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.classifiers: each name once, not {names}")
         for key in self.step_args:
             if key not in self.STEP_KEYS:
                 raise ConfigError(f"data.step_args: unknown step '{key}'{suggest(key, self.STEP_KEYS)}")
@@ -460,6 +593,13 @@ class DataConfig(SharedConfig):
             raise ConfigError("data.inputs: no input files given")
         input_files(self.inputs)
         load_url_map(self.url_map)
+        planned_dirs = {self.stage_dir(stage) for stage in planned}
+        for i, spec in enumerate(self.classifiers):
+            model = Path(spec.model).expanduser()
+            if model not in planned_dirs and not model.exists() and (
+                    spec.model.startswith((".", "/", "~")) or spec.model.count("/") != 1):
+                raise ConfigError(f"data.classifiers[{i}].model: '{spec.model}' not found (a path, or a Hub id "
+                                  f"org/name)")
         super().check(planned)
 
 
@@ -1151,9 +1291,12 @@ def _convert(action, value, hint, where: str):
     convert = action.type or (lambda v: v)
     convert = Source if convert is source_arg else convert
     if convert is json_mapping:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return value
+        many = action.nargs in ("+", "*")
+        items = value if many and isinstance(value, list) else [value]
+        for item in items:
+            if not isinstance(item, dict):
+                raise ConfigError(f"{where}: expected {'a list of mappings' if many else 'a mapping'}, got {value!r}")
+        return items if many else value
 
     def one(v):
         if dataclasses.is_dataclass(convert) and isinstance(v, dict):

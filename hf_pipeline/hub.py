@@ -183,8 +183,12 @@ def model_card(folder: Path, repo_id: str, repo_type: str, scrubber: PathScrubbe
         data = DatasetCardData(tags=tags)
         card_cls = DatasetCard
     else:
-        data = ModelCardData(library_name="transformers", tags=tags, datasets=hub_sources or None)
-        if (folder / "config.json").is_file():
+        fasttext = (folder / "classifier.json").is_file()  # the quality stage's fastText classifier
+        data = ModelCardData(library_name="fasttext" if fasttext else "transformers", tags=tags,
+                             datasets=hub_sources or None)
+        if fasttext:
+            data.pipeline_tag = "text-classification"
+        elif (folder / "config.json").is_file():
             data.pipeline_tag = "text-generation"
         card_cls = ModelCard
     lines = [
@@ -209,6 +213,16 @@ def model_card(folder: Path, repo_id: str, repo_type: str, scrubber: PathScrubbe
         ]
     elif repo_type == "dataset":
         lines += ["from datasets import load_dataset", f'ds = load_dataset("{repo_id}")']
+    elif (folder / "classifier.json").is_file():
+        label = json.loads((folder / "classifier.json").read_text()).get("positive_label")
+        lines += [
+            "import fasttext",
+            "from huggingface_hub import hf_hub_download",
+            f'model = fasttext.load_model(hf_hub_download("{repo_id}", "model.bin"))',
+            f'labels, probs = model.predict(" ".join(text.split()), k=-1)  # the score: __label__{label}',
+            "```", "", "In an hf-pipeline recipe:", "", "```yaml",
+            f"data: {{classifiers: [{{name: quality, model: {repo_id}, min_score: 0.5}}]}}",
+        ]
     else:
         lines += ["from transformers import AutoTokenizer", f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")']
     lines += ["```", ""]

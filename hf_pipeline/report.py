@@ -91,7 +91,9 @@ MODEL_ROWS = (
 
 # A few settings per stage worth a glance; config.yaml has them all (and the report shows them folded away).
 KEY_SETTINGS = {
-    "data": ("inputs", "languages", "minhash_dedup", "pii", "limit"),
+    "quality": ("positive", "positive_pages", "negative", "negative_pages", "boilerplate_pages", "word_ngrams",
+                "threshold"),
+    "data": ("inputs", "languages", "minhash_dedup", "pii", "classifiers", "limit"),
     "facts": ("num_entities", "exposures", "heldout_fraction", "practice_entities"),
     "index": ("sources", "passage_words"),
     "tokenizer": ("corpus", "vocab_size", "individual_digits", "compare_with"),
@@ -319,7 +321,10 @@ def other_table(stages: list[StageReport]) -> tuple[list[str], list[list[str]]]:
         tokens += f" at {fmt(pre['tokens_per_s'])} tokens/s"
     pairs = DASH if m["rank"].get("pairs_train") is None else \
         f"{fmt(m['rank']['pairs_train'])} / {fmt(m['rank'].get('pairs_test'))}"
+    quality = m["quality"]
     rows = [
+        ["quality classifier: held-out accuracy (ROC AUC)", DASH if quality.get("heldout_accuracy") is None else
+         f"{pct(quality['heldout_accuracy'])} ({fmt(quality.get('heldout_roc_auc'))})"],
         ["data: documents kept", _of(m["data"].get("docs_out"), m["data"].get("docs_in"),
                                      m["data"].get("kept_fraction"))],
         ["tokenizer: vocabulary", fmt(tok.get("vocab_size"))],
@@ -581,7 +586,7 @@ def split_metrics(metrics: dict) -> tuple[list[list[str]], list[list[str]]]:
 
 PROMPT_KEYS = ("prompt", "question")
 REPLY_KEYS = (("reply", ""), ("replies", ""), ("with_tools", "with tools"), ("without_tools", "without tools"),
-              ("chosen", "chosen"), ("rejected", "rejected"))
+              ("chosen", "chosen"), ("rejected", "rejected"), ("passage", ""))  # passage: a classifier's sample
 QUIET_KEYS = {"id", "text"}  # text: the reply again, with its special tokens
 
 

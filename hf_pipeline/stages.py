@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-Artifact = Literal["dataset", "index", "tokenizer", "model", "reward_model"]
+Artifact = Literal["classifier", "dataset", "index", "tokenizer", "model", "reward_model"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (  # pipeline order: `run` runs a recipe's stages in this order
+    Stage("quality", "hf_pipeline.data.quality", "QualityConfig", "classifier"),  # data.classifiers name RUN/quality
     Stage("data", "hf_pipeline.data.pipeline", "DataConfig", "dataset"),  # corpora name RUN/data explicitly
     Stage("facts", "hf_pipeline.facts", "FactsConfig", "dataset"),  # the pretraining corpus names RUN/facts
     Stage("index", "hf_pipeline.tools.search", "IndexConfig", "index"),  # the search tool's index; sft names it

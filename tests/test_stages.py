@@ -19,14 +19,14 @@ TINY = ROOT / "recipes" / "tiny.yaml"
 
 
 def test_the_table_is_the_only_stage_list():
-    assert stage_names() == ("data", "facts", "index", "tokenizer", "pretrain", "probe", "sft", "grpo", "rank",
-                             "reward", "dpo", "rlhf")
+    assert stage_names() == ("quality", "data", "facts", "index", "tokenizer", "pretrain", "probe", "sft", "grpo",
+                             "rank", "reward", "dpo", "rlhf")
     assert tuple(STAGE_CONFIGS) == stage_names()
     for stage in STAGES:
         cls = STAGE_CONFIGS[stage.name]
         assert (cls.__name__, cls.stage) == (stage.config, stage.name)
         assert importlib.util.find_spec(stage.module) is not None, stage.module
-        assert stage.artifact in ("dataset", "index", "tokenizer", "model", "reward_model")
+        assert stage.artifact in ("classifier", "dataset", "index", "tokenizer", "model", "reward_model")
         for source in stage.inputs.values():  # every default input is an earlier stage's output
             assert stage_names().index(source) < stage_names().index(stage.name)
     listed = [line.split()[0] for line in cli.usage().split("stages (each writes RUN/<stage>/):\n")[1]

@@ -93,13 +93,14 @@ def document_text(doc) -> bytes:
 
 
 def output_row(doc) -> dict:
-    """The published columns (one flat row per document)."""
+    """The published columns (one flat row per document), with every classifier's ``<name>_score``."""
     md = doc.metadata
     offset = md.get("source_offset", md.get("source_line"))
     return {
         "text": doc.text, "id": str(doc.id), "url": md.get("url"), "date": md.get("date"),
         "language": md.get("language"), "language_score": md.get("language_score"),
         "source_file": md.get("source_file"), "source_offset": int(offset) if offset is not None else None,
+        **{key: value for key, value in md.items() if key.endswith("_score") and key != "language_score"},
     }
 
 
@@ -118,10 +119,11 @@ def _dropped_writer(config: DataConfig, out: Path, key: str):
 def filter_steps(config: DataConfig, out: Path, words) -> list[tuple[str, object]]:
     """Steps 1-4 as (stats key, datatrove step), in FineWeb's order; switched-off steps are left out.
     ``words``: the word tokenizer (or language code) of the quality filters."""
-    from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
-
     from .extract import MainTextExtractor
-    from .filters import EarlyStopC4QualityFilter, WebURLFilter
+    from .filters import (
+        EarlyStopC4QualityFilter, FastFineWebQualityFilter, FastGopherQualityFilter, FastGopherRepetitionFilter,
+        WebURLFilter,
+    )
     from .lid import OfflineLanguageFilter
 
     steps = []
@@ -143,16 +145,50 @@ def filter_steps(config: DataConfig, out: Path, words) -> list[tuple[str, object
             languages=tuple(config.languages), language_threshold=config.language_threshold,
             exclusion_writer=_dropped_writer(config, out, "language"), **_step_args(config, "language"))))
     quality = [
-        ("gopher_repetition", config.gopher_repetition, GopherRepetitionFilter, {}),
-        ("gopher_quality", config.gopher_quality, GopherQualityFilter, {}),
+        ("gopher_repetition", config.gopher_repetition, FastGopherRepetitionFilter, {}),
+        ("gopher_quality", config.gopher_quality, FastGopherQualityFilter, {}),
         ("c4_quality", config.c4_quality, EarlyStopC4QualityFilter, {"filter_no_terminal_punct": False}),  # FineWeb
-        ("fineweb_quality", config.fineweb_quality, FineWebQualityFilter, {}),
+        ("fineweb_quality", config.fineweb_quality, FastFineWebQualityFilter, {}),
     ]
     for key, enabled, cls, fineweb_settings in quality:
         if enabled:
             kwargs = {"language": words, **fineweb_settings, **_step_args(config, key)}
             steps.append((key, cls(exclusion_writer=_dropped_writer(config, out, key), **kwargs)))
     return steps
+
+
+def resolve_classifiers(config: DataConfig) -> list[tuple[str, str | None]]:
+    """Each classifier's local model path (a Hub id downloaded) and label, each model loaded once here: a bad path,
+    repo or label is one line before anything is written or any task starts."""
+    from .quality import classifier_kind, default_label, load_classifier, resolve_classifier
+
+    resolved = []
+    for i, spec in enumerate(config.classifiers):
+        what = f"data.classifiers[{i}] ({spec.name})"
+        path = classifier_kind(resolve_classifier(spec.model, spec.filename, what), what)[1]
+        label = spec.label or default_label(path)
+        load_classifier(str(path), label, max_length=spec.max_length, what=what)
+        resolved.append((str(path), label))
+    return resolved
+
+
+def classifier_steps(config: DataConfig, out: Path, resolved=None) -> list[tuple[str, object]]:
+    """Step 4b: the recipe's document classifiers (quality, safety), after the rule filters, before dedup."""
+    from .quality import ClassifierFilter
+
+    resolved = resolve_classifiers(config) if resolved is None else resolved
+    return [(spec.name, ClassifierFilter(
+        path, spec.name, label=label, min_score=spec.min_score, max_score=spec.max_score, max_length=spec.max_length,
+        batch_size=spec.batch_size, exclusion_writer=_dropped_writer(config, out, spec.name)))
+        for spec, (path, label) in zip(config.classifiers, resolved)]
+
+
+def output_schema(config: DataConfig):
+    """The published columns: OUTPUT_SCHEMA_FIELDS and one ``<name>_score`` per classifier."""
+    import pyarrow as pa
+
+    fields = [*OUTPUT_SCHEMA_FIELDS, *((f"{spec.name}_score", "float64") for spec in config.classifiers)]
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in fields])
 
 
 class RankShardReader(JsonlReader):
@@ -189,10 +225,11 @@ def _shard_writer(folder: Path):
     return JsonlWriter(str(folder), output_filename="${rank}.jsonl.gz")
 
 
-def build_stages(config: DataConfig, root: str, files: list[str], out: Path, work: Path) -> list[dict]:
+def build_stages(config: DataConfig, root: str, files: list[str], out: Path, work: Path,
+                 classifiers: list | None = None) -> list[dict]:
     """The datatrove stages of this recipe: ``{name, pipeline, tasks, report}`` where ``report`` names the steps
-    whose stats go into stats.json (None for writers and signature steps)."""
-    import pyarrow as pa
+    whose stats go into stats.json (None for writers and signature steps). ``classifiers``: resolved models
+    (``resolve_classifiers``; None: resolved here)."""
     from datatrove.pipeline.dedup import (
         ExactDedupFilter, ExactDedupSignature, ExactFindDedups, MinhashConfig, MinhashDedupBuckets,
         MinhashDedupCluster, MinhashDedupSignature,
@@ -214,7 +251,8 @@ def build_stages(config: DataConfig, root: str, files: list[str], out: Path, wor
                                 hashes_per_bucket=config.minhash_hashes_per_bucket)
 
     words = word_tokenizer_for(config.languages[0])  # one tokenizer shared by the quality and MinHash steps
-    stages, current = [], [("read", reader), *filter_steps(config, out, words)]
+    stages = []
+    current = [("read", reader), *filter_steps(config, out, words), *classifier_steps(config, out, classifiers)]
 
     def close_stage(name, signature_step):
         """End the current stage with its documents written per rank (+ signatures); the next one reads them."""
@@ -246,9 +284,8 @@ def build_stages(config: DataConfig, root: str, files: list[str], out: Path, wor
         placeholders = {f"{kind}_replacement": tuple(getattr(config, f"{kind}_replacement"))
                         for kind in ("email", "ip", "phone") if getattr(config, f"{kind}_replacement")}
         current.append(("pii", PIIScrubber(**placeholders)))
-    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in OUTPUT_SCHEMA_FIELDS])
     current.append((None, ParquetWriter(str(out / "data"), output_filename="train-${rank}.parquet",
-                                        adapter=output_adapter, schema=schema)))
+                                        adapter=output_adapter, schema=output_schema(config))))
     stages.append({"name": "final", "pipeline": current, "tasks": tasks})
     for stage in stages:
         stage["report"] = [key for key, _ in stage["pipeline"]]
@@ -422,6 +459,7 @@ def run(config: DataConfig) -> Path:
         return final
     out, work = incomplete_dir(final), final.with_name(final.name + WORK_SUFFIX)
     root, files = input_files(config.inputs)
+    classifiers = resolve_classifiers(config)
     config_dict = config_to_dict(config)
     # Resume only a killed run of the same recipe; anything else starts over (RUN/data stays until replaced).
     reason = _start_over_reason(config, config_dict, out, work)
@@ -437,7 +475,7 @@ def run(config: DataConfig) -> Path:
     save_config(config, out / "config.yaml")
     logger.info("data: %d input files under %s, executor %s", len(files), root, config.executor)
 
-    stages = build_stages(config, root, files, out, work)
+    stages = build_stages(config, root, files, out, work, classifiers)
     report = [{"name": s["name"], "report": s["report"], "tasks": s["tasks"]} for s in stages]
     stages.append({"name": "finalize", "tasks": 1, "report": [None], "pipeline": [functools.partial(
         finalize, config_dict=config_dict, stages=report, out=str(out), work=str(work), final=str(final),

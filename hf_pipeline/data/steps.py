@@ -9,13 +9,17 @@ from ..errors import ConfigError
 
 
 def step_classes(extractor: str = "main_text") -> dict[str, tuple[type, ...]]:
-    """The datatrove class behind each ``step_args`` key, with the class its ``**kwargs`` go to (if any)."""
+    """The class behind each ``step_args`` key, then the datatrove class it subclasses or passes ``**kwargs`` to (the
+    fast filters keep datatrove's constructors, so ``step_args`` take datatrove's argument names)."""
     from datatrove.pipeline.filters import (
         C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter, URLFilter,
     )
 
     from .extract import MainTextExtractor
-    from .filters import WebURLFilter
+    from .filters import (
+        EarlyStopC4QualityFilter, FastFineWebQualityFilter, FastGopherQualityFilter, FastGopherRepetitionFilter,
+        WebURLFilter,
+    )
     from .lid import OfflineLanguageFilter
 
     if extractor == "main_text":
@@ -25,8 +29,10 @@ def step_classes(extractor: str = "main_text") -> dict[str, tuple[type, ...]]:
 
         extraction = (Trafilatura,)
     return {"url_filter": (WebURLFilter, URLFilter), "extraction": extraction, "language": (OfflineLanguageFilter,),
-            "gopher_repetition": (GopherRepetitionFilter,), "gopher_quality": (GopherQualityFilter,),
-            "c4_quality": (C4QualityFilter,), "fineweb_quality": (FineWebQualityFilter,)}
+            "gopher_repetition": (FastGopherRepetitionFilter, GopherRepetitionFilter),
+            "gopher_quality": (FastGopherQualityFilter, GopherQualityFilter),
+            "c4_quality": (EarlyStopC4QualityFilter, C4QualityFilter),
+            "fineweb_quality": (FastFineWebQualityFilter, FineWebQualityFilter)}
 
 
 # Arguments the stage sets from other settings: step_args may not set them (they would clash or be ignored)
