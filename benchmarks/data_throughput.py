@@ -87,10 +87,15 @@ def our_steps(timeout: float, out: Path, classifier: str | None = None):
     step 4b too, scoring only (nothing dropped, so that the chains' decisions stay comparable)."""
     from hf_pipeline.config import DataConfig
     from hf_pipeline.data.filters import word_tokenizer_for
-    from hf_pipeline.data.pipeline import classifier_steps, filter_steps
+    from hf_pipeline.data.pipeline import filter_steps
+
+    if not classifier:
+        config = DataConfig(inputs=["unused"], extractor_timeout=timeout)
+        return [step for _, step in filter_steps(config, out, word_tokenizer_for("en"))]
+    from hf_pipeline.data.pipeline import classifier_steps
 
     config = DataConfig(inputs=["unused"], extractor_timeout=timeout,
-                        classifiers=[{"name": "quality", "model": classifier}] if classifier else [])
+                        classifiers=[{"name": "quality", "model": classifier}])
     steps = filter_steps(config, out, word_tokenizer_for("en")) + classifier_steps(config, out)
     return [step for _, step in steps]
 

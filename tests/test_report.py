@@ -136,14 +136,15 @@ def test_markdown_summary(written):
     assert "| base model: parameters | 7,407,872 (5,310,720 non-embedding) |" in lines
     assert "| reward model: held-out pair accuracy | 44.54% → 95.67% |" in lines
     assert "| reward model: pair accuracy on hh-rlhf | 53.67% → 51.5% |" in lines
+    assert "| quality classifier: held-out accuracy (ROC AUC) | – |" in lines
     assert "| data: documents kept | – |" in lines and "| preference pairs (train / test) | 1,887 / 485 |" in lines
 
 
 def test_markdown_header_and_stages(written):
     _, _, md, _, _ = written
-    assert "| finished | tokenizer, pretrain, sft, grpo, rank, reward (6 of 12) |" in md
+    assert "| finished | tokenizer, pretrain, sft, grpo, rank, reward (6 of 13) |" in md
     assert "| incomplete | rlhf (rlhf.incomplete) |" in md
-    assert "| not run | data, facts, index, probe, dpo |" in md
+    assert "| not run | quality, data, facts, index, probe, dpo |" in md
     assert "| total wall time | 1 h 35 min (the sum of 6 stages' wall times) |" in md
     for label in ("| CPU |", "| AVX512-BF16 / AMX |", "| GPU |", "| RAM |", "| libraries | torch ", "| hf-pipeline |"):
         assert label in md
