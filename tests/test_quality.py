@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import HTML, ROOT, TRUTH, run_cli
-from hf_pipeline.config import ConfigError, DataConfig, build_config, load_recipe
+from hf_pipeline.config import ConfigError, DataConfig, build_config
 from hf_pipeline.data import quality
 from hf_pipeline.data.quality import ClassifierFilter, load_classifier, page_texts, passages
 
@@ -26,8 +26,9 @@ def trained(tmp_path_factory) -> Path:
     """The tiny recipe's quality stage, as the recipe names it (Wikipedia and Gutenberg vs WARC pages and the news
     pages' boilerplate)."""
     run_dir = tmp_path_factory.mktemp("quality")
-    config = build_config("quality", ["--output_dir", str(run_dir)], load_recipe(str(TINY)), str(TINY))
-    return quality.run(config)
+    result = run_cli("quality", "--config", TINY, "--output_dir", run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir / "quality"
 
 
 def data_run(tmp_path: Path, name: str, classifiers: list[dict], inputs=SOME_PAGES, env=None) -> Path:

@@ -249,7 +249,9 @@ def page_texts(inputs: list[str], url_map: str | None, part: str):
     reader = WebReader(root, url_by_file=load_url_map(url_map))
     main = MainTextExtractor()
     whole = MainTextExtractor(use_container=False, skip_selectors=(), main_content=False)
-    for name in files:
+    from tqdm.auto import tqdm
+
+    for name in tqdm(files, desc=f"quality: {part} text of {inputs[0]}", unit="file", leave=False):
         for doc in reader.read_file(name):
             text = whole.extract(doc.text) if part == "page" else main.extract(doc.text)
             if part == "boilerplate":
@@ -364,11 +366,20 @@ def train(config, train_items: list[Passage], work: Path):
     with path.open("w", encoding="utf-8") as f:
         for p in train_items:
             f.write(f"__label__{p.label} {p.text}\n")
-    model = fasttext.train_supervised(
-        str(path), epoch=config.epoch, lr=config.learning_rate, wordNgrams=config.word_ngrams, dim=config.dim,
-        minCount=config.min_count, bucket=config.bucket, thread=1, seed=config.seed, verbose=0)
+    lr = config.learning_rate
+    for attempt in range(4):  # fastText stops on a NaN (diverged weights): the documented cure is a lower rate
+        try:
+            model = fasttext.train_supervised(
+                str(path), epoch=config.epoch, lr=lr, wordNgrams=config.word_ngrams, dim=config.dim,
+                minCount=config.min_count, bucket=config.bucket, thread=1, seed=config.seed, verbose=0)
+            break
+        except RuntimeError as e:
+            if "NaN" not in str(e) or attempt == 3:
+                raise
+            logger.warning("quality: fastText diverged at learning rate %g (NaN); training again at %g", lr, lr / 2)
+            lr /= 2
     path.unlink()
-    return model
+    return model, lr
 
 
 def run(config) -> Path:
@@ -385,7 +396,7 @@ def run(config) -> Path:
     train_items, heldout_items = split_and_balance(items, config.heldout_fraction, config.seed)
     work = begin_stage(final)
     started = time.perf_counter()
-    model = train(config, train_items, work)
+    model, learning_rate = train(config, train_items, work)
     train_s = time.perf_counter() - started
     model.save_model(str(work / "model.bin"))
     classifier = Classifier("fasttext", work / "model.bin", config.positive_label)
@@ -396,6 +407,7 @@ def run(config) -> Path:
         **heldout_measures(scores, heldout_items, config.positive_label, config.threshold),
         "passages": len(items), "train_passages": len(train_items), "heldout_passages": len(heldout_items),
         "vocabulary": len(model.words), "threshold": config.threshold, "train_s": round(train_s, 2),
+        "learning_rate_used": learning_rate,
         "passages_per_s": round(per_s), "wall_time_s": round(time.time() - start, 2),
     }
     ranked = sorted(zip(scores, heldout_items), key=lambda x: -x[0])
