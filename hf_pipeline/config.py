@@ -422,6 +422,9 @@ class QualityConfig(SharedConfig):
     """A fastText quality classifier trained on reference text against crawl text (hf_pipeline/data/quality.py)."""
 
     stage: ClassVar[str] = "quality"
+    # web-file fields per side, and the part of each page they give: main text, whole text, boilerplate
+    PAGE_FIELDS: ClassVar[dict] = {"positive": (("positive_pages", "main"),),
+                                   "negative": (("negative_pages", "page"), ("boilerplate_pages", "boilerplate"))}
 
     positive: list[Source] = _help("Reference text sources (label positive_label): paths, globs, Hub ids.",
                                    default_factory=list)
@@ -468,8 +471,8 @@ class QualityConfig(SharedConfig):
     def check(self, planned: tuple[str, ...] = ()) -> None:
         from .data.readers import input_files, load_url_map
 
-        pages_fields = {"positive": ("positive_pages",), "negative": ("negative_pages", "boilerplate_pages")}
-        for side, fields in pages_fields.items():
+        for side, parts in self.PAGE_FIELDS.items():
+            fields = [name for name, _ in parts]
             if not getattr(self, side) and not any(getattr(self, name) for name in fields):
                 raise ConfigError(f"quality: no {side} source ({', '.join((side, *fields))})")
             self._check_sources(side, planned)

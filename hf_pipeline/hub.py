@@ -407,15 +407,17 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False, token: 
 
 
 def pull(repo_id: str, to: str | os.PathLike | None = None, repo_type: str = "model", revision: str | None = None,
-         token: str | None = None) -> Path:
-    """Download a repo (``snapshot_download``) into ``to`` (or the HF cache). Returns the local folder."""
+         token: str | None = None, allow_patterns: list[str] | None = None) -> Path:
+    """Download a repo (``snapshot_download``; only the files matching ``allow_patterns`` when given) into ``to`` (or
+    the HF cache). Returns the local folder."""
     from huggingface_hub import snapshot_download
 
     _check_repo_id("pull", repo_id)
     if to is not None and Path(to).exists() and not Path(to).is_dir():
         raise ConfigError(f"pull: --to {to} is a file, not a folder")
     with _hub_errors("pull", repo_id, repo_type, revision):
-        path = snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_dir=to, token=token)
+        path = snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_dir=to, token=token,
+                                 allow_patterns=allow_patterns)
     logger.info("pull: downloaded %s repo %s to %s", repo_type, repo_id, path)
     return Path(path)
 

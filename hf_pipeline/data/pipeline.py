@@ -160,15 +160,13 @@ def filter_steps(config: DataConfig, out: Path, words) -> list[tuple[str, object
 def resolve_classifiers(config: DataConfig) -> list[tuple[str, str | None]]:
     """Each classifier's local model path (a Hub id downloaded) and label, each model loaded once here: a bad path,
     repo or label is one line before anything is written or any task starts."""
-    from .quality import classifier_kind, default_label, load_classifier, resolve_classifier
+    from .quality import load_classifier
 
     resolved = []
     for i, spec in enumerate(config.classifiers):
-        what = f"data.classifiers[{i}] ({spec.name})"
-        path = classifier_kind(resolve_classifier(spec.model, spec.filename, what), what)[1]
-        label = spec.label or default_label(path)
-        load_classifier(str(path), label, max_length=spec.max_length, what=what)
-        resolved.append((str(path), label))
+        classifier = load_classifier(spec.model, spec.label, spec.filename, spec.max_length,
+                                     what=f"data.classifiers[{i}] ({spec.name})")
+        resolved.append((str(classifier.path), classifier.label))
     return resolved
 
 

@@ -81,13 +81,10 @@ def resolve_classifier(ref: str, filename: str | None = None, what: str = "class
         return path
     if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
         raise ConfigError(f"{what}: '{ref}' not found (a path, or a Hub id org/name)")
-    from huggingface_hub import snapshot_download
-
-    from ..hub import _hub_errors
+    from ..hub import pull
 
     try:
-        with _hub_errors("pull", ref, "model", None):
-            folder = Path(snapshot_download(ref, allow_patterns=[filename] if filename else None))
+        folder = pull(ref, allow_patterns=[filename] if filename else None)
     except ConfigError as e:
         raise ConfigError(f"{what}: {str(e).split(' (a dataset?')[0]}") from None
     return folder / filename if filename else folder
@@ -192,8 +189,7 @@ class ClassifierFilter(BaseFilter):
     @property
     def classifier(self) -> Classifier:
         if self._classifier is None:
-            kind, path = classifier_kind(Path(self.model_path))
-            self._classifier = Classifier(kind, path, self.label or default_label(path), self.max_length)
+            self._classifier = load_classifier(self.model_path, self.label, max_length=self.max_length)
         return self._classifier
 
     def decide(self, doc: Document, score: float) -> bool | tuple[bool, str]:
@@ -277,14 +273,13 @@ def collect_passages(config) -> list[Passage]:
             raise ConfigError(f"quality: {source}: no passage of {config.min_words}+ words")
         out.extend(found)
 
-    for field, label in (("positive", config.positive_label), ("negative", config.negative_label)):
-        for source in getattr(config, field):
+    for side, label in (("positive", config.positive_label), ("negative", config.negative_label)):
+        for source in getattr(config, side):
             rows = load_source(source, config.mirror)["text"]
             add([Passage(text, label, source.path, f"{source.path}#{i // config.group_rows}")
                  for i, text in passages(rows, config.min_words, config.max_words)], source.path)
-        for pages_field, part in ((f"{field}_pages", "main" if field == "positive" else "page"),
-                                  ("boilerplate_pages" if field == "negative" else "", "boilerplate")):
-            for pages in getattr(config, pages_field, None) or []:
+        for pages_field, part in config.PAGE_FIELDS[side]:
+            for pages in getattr(config, pages_field):
                 name = f"{pages} ({part})"
                 found = [Passage(text, label, name, page)
                          for page, page_text in page_texts([pages], config.url_map, part)
